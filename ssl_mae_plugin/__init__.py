@@ -1,0 +1,34 @@
+"""ssl-mae-plugin: Masked Autoencoders (He et al., 2021) as a method for lightly.
+
+- [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
+"""
+
+from ssl_mae_plugin.mae import (
+    MAE,
+    MAEOutput,
+    mae_vit_base_patch16,
+    mae_vit_huge_patch14,
+    mae_vit_large_patch16,
+    mae_vit_small_patch16,
+    mae_vit_tiny_patch16,
+    masked_mse_loss,
+    patchify,
+    random_masking,
+    unpatchify,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAE",
+    "MAEOutput",
+    "mae_vit_base_patch16",
+    "mae_vit_huge_patch14",
+    "mae_vit_large_patch16",
+    "mae_vit_small_patch16",
+    "mae_vit_tiny_patch16",
+    "masked_mse_loss",
+    "patchify",
+    "random_masking",
+    "unpatchify",
+]
