@@ -16,12 +16,15 @@ from ssl_mae_plugin.mae import (
     random_masking,
     unpatchify,
 )
+from ssl_mae_plugin.methods.registry import get_method, list_methods, register_method
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAE",
     "MAEOutput",
+    "get_method",
+    "list_methods",
     "mae_vit_base_patch16",
     "mae_vit_huge_patch14",
     "mae_vit_large_patch16",
@@ -30,5 +33,6 @@ __all__ = [
     "masked_mse_loss",
     "patchify",
     "random_masking",
+    "register_method",
     "unpatchify",
 ]

@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ssl_mae_plugin.backbones import VIT_SIZES
 from ssl_mae_plugin.mae import checkpoints
 from ssl_mae_plugin.mae.decoder import MAEDecoder
 from ssl_mae_plugin.mae.loss import masked_mse_loss
@@ -288,32 +289,13 @@ def _factory(name: str, **arch: Any):
 
 # The paper defines B, L and H with a 512-d, 8-block decoder. Tiny and Small are ours: a
 # 256-d, 4-block decoder keeps the decoder from costing many times the encoder.
+SMALL_DECODER = {"decoder_embed_dim": 256, "decoder_depth": 4, "decoder_num_heads": 8}
 mae_vit_tiny_patch16 = _factory(
-    "mae_vit_tiny_patch16",
-    patch_size=16,
-    embed_dim=192,
-    depth=12,
-    num_heads=3,
-    decoder_embed_dim=256,
-    decoder_depth=4,
-    decoder_num_heads=8,
+    "mae_vit_tiny_patch16", patch_size=16, **VIT_SIZES["vit_tiny"], **SMALL_DECODER
 )
 mae_vit_small_patch16 = _factory(
-    "mae_vit_small_patch16",
-    patch_size=16,
-    embed_dim=384,
-    depth=12,
-    num_heads=6,
-    decoder_embed_dim=256,
-    decoder_depth=4,
-    decoder_num_heads=8,
+    "mae_vit_small_patch16", patch_size=16, **VIT_SIZES["vit_small"], **SMALL_DECODER
 )
-mae_vit_base_patch16 = _factory(
-    "mae_vit_base_patch16", patch_size=16, embed_dim=768, depth=12, num_heads=12
-)
-mae_vit_large_patch16 = _factory(
-    "mae_vit_large_patch16", patch_size=16, embed_dim=1024, depth=24, num_heads=16
-)
-mae_vit_huge_patch14 = _factory(
-    "mae_vit_huge_patch14", patch_size=14, embed_dim=1280, depth=32, num_heads=16
-)
+mae_vit_base_patch16 = _factory("mae_vit_base_patch16", patch_size=16, **VIT_SIZES["vit_base"])
+mae_vit_large_patch16 = _factory("mae_vit_large_patch16", patch_size=16, **VIT_SIZES["vit_large"])
+mae_vit_huge_patch14 = _factory("mae_vit_huge_patch14", patch_size=14, **VIT_SIZES["vit_huge"])

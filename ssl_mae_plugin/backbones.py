@@ -1,0 +1,129 @@
+"""Backbones for the SSL methods: timm ViTs of any size, image and patch size, and ResNets.
+
+Every backbone maps ``[N, C, H, W]`` images to ``[N, D]`` features and has
+``num_features`` (``D``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import timm
+import torchvision
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+# The ViT sizes of the ViT/DeiT papers, shared by the MAE factories.
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "vit_huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
+}
+RESNETS = ("resnet18", "resnet50")
+CIFAR_STEM_MAX_SIZE = 64
+
+
+def is_vit(name: str) -> bool:
+    """Whether ``name`` is one of our ViT sizes."""
+    return name in VIT_SIZES
+
+
+def available_backbones() -> list[str]:
+    """Our named backbones; any timm model name is accepted too."""
+    return [*VIT_SIZES, *RESNETS]
+
+
+def is_known_backbone(name: str) -> bool:
+    """Whether :func:`build_backbone` knows ``name`` (ours or a timm model)."""
+    return name in available_backbones() or timm.is_model(name)
+
+
+def vit_size(name: str, **overrides: int | None) -> dict[str, int]:
+    """``embed_dim``, ``depth`` and ``num_heads`` of a named ViT size, with overrides.
+
+    Raises:
+        ValueError: If ``embed_dim`` is not divisible by ``num_heads``.
+    """
+    size = {**VIT_SIZES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if size["embed_dim"] % size["num_heads"]:
+        raise ValueError(
+            f"embed_dim={size['embed_dim']} is not divisible by num_heads={size['num_heads']}"
+        )
+    return size
+
+
+def build_vit(
+    name: str, image_size: int, patch_size: int = 16, in_chans: int = 3, **overrides: int | None
+) -> VisionTransformer:
+    """A timm ViT of a named size with MAE's conventions (qkv bias, LayerNorm eps 1e-6).
+
+    The result has no head (``num_classes=0``) and returns the cls token. ``overrides``
+    may change ``embed_dim``, ``depth`` and ``num_heads``.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+    return VisionTransformer(
+        img_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=0,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        **vit_size(name, **overrides),
+    )
+
+
+def build_resnet(name: str, image_size: int) -> nn.Module:
+    """A torchvision ResNet without its classifier; a CIFAR stem for small images.
+
+    For images of at most 64 pixels the 7x7/2 stem and the max-pool are replaced by a
+    3x3/1 convolution, as is usual for CIFAR.
+    """
+    model = getattr(torchvision.models, name)(weights=None)
+    if image_size <= CIFAR_STEM_MAX_SIZE:
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    model.num_features = model.fc.in_features
+    model.fc = nn.Identity()
+    return model
+
+
+def build_backbone(
+    name: str,
+    image_size: int,
+    patch_size: int = 16,
+    in_chans: int = 3,
+    **vit_overrides: int | None,
+) -> nn.Module:
+    """Build a backbone by name.
+
+    Args:
+        name: ``vit_tiny|vit_small|vit_base|vit_large|vit_huge|resnet18|resnet50`` or a
+            timm model name.
+        image_size: Input size.
+        patch_size: Patch size of our ViTs.
+        in_chans: Input channels.
+        **vit_overrides: ``embed_dim``, ``depth``, ``num_heads`` of our ViTs.
+
+    Returns:
+        A module mapping images to ``[N, num_features]`` features.
+
+    Raises:
+        ValueError: For an unknown name or an image size the backbone cannot take.
+    """
+    if is_vit(name):
+        return build_vit(name, image_size, patch_size, in_chans, **vit_overrides)
+    if any(value is not None for value in vit_overrides.values()):
+        raise ValueError(f"embed_dim/depth/num_heads only apply to ViT backbones, not {name!r}")
+    if name in RESNETS:
+        return build_resnet(name, image_size)
+    if not is_known_backbone(name):
+        raise ValueError(
+            f"unknown backbone {name!r}; choose from {available_backbones()} or a timm model name"
+        )
+    try:  # ViT-like timm models take the input size, convolutional ones do not
+        return timm.create_model(name, num_classes=0, img_size=image_size, in_chans=in_chans)
+    except TypeError:
+        return timm.create_model(name, num_classes=0, in_chans=in_chans)

@@ -1,0 +1,91 @@
+"""The ``ssl-mae`` command.
+
+Exit codes: 0 success, 2 bad input (a one-line message, no traceback), 1 failure during a
+run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ssl_mae_plugin.data import DatasetUnavailableError
+from ssl_mae_plugin.methods.registry import get_method, list_methods
+from ssl_mae_plugin.recipes import RecipeError, load_recipe
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+BAD_INPUT_ERRORS = (RecipeError, DatasetUnavailableError, FileNotFoundError)
+
+
+def _first_doc_line(obj: object) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Print the registered methods with their one-line descriptions."""
+    for name in list_methods():
+        print(f"{name:10s} {_first_doc_line(get_method(name))}")
+    return EXIT_OK
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain every method of a recipe (resuming from last checkpoints)."""
+    from ssl_mae_plugin.training import pretrain
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    for index, entry in enumerate(recipe.methods):
+        result = pretrain(recipe, index)
+        print(
+            f"{entry['label']}: {result.epochs} epochs, final loss {result.final_loss}, "
+            f"{result.images_per_second} images/s, checkpoint {result.checkpoint}"
+        )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ssl-mae``."""
+    parser = argparse.ArgumentParser(
+        prog="ssl-mae",
+        description="Masked Autoencoders and other SSL methods: pretrain, evaluate, report.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    methods = commands.add_parser("methods", help="list registered methods")
+    methods.set_defaults(handler=cmd_methods)
+
+    def recipe_command(name: str, help_text: str, handler) -> None:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("recipe", help="path to a YAML recipe")
+        sub.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="dotted overrides, e.g. pretrain.epochs=10 methods.0.mask_ratio=0.9",
+        )
+        sub.set_defaults(handler=handler)
+
+    recipe_command("pretrain", "pretrain only (resumes from the last checkpoint)", cmd_pretrain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ssl-mae``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except BAD_INPUT_ERRORS as error:
+        print(f"ssl-mae: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,20 @@
+"""SSL methods as LightningModules, registered by name."""
+
+from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
+from ssl_mae_plugin.methods.registry import (
+    ENTRY_POINT_GROUP,
+    UnknownMethodError,
+    get_method,
+    list_methods,
+    register_method,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "OptimizerDefaults",
+    "SSLMethod",
+    "UnknownMethodError",
+    "get_method",
+    "list_methods",
+    "register_method",
+]

@@ -1,0 +1,288 @@
+"""What every SSL method shares: optimizer, learning-rate schedule, online probe, features.
+
+Each method subclasses :class:`SSLMethod`, builds its networks, and implements
+:meth:`SSLMethod.ssl_step` (and :meth:`SSLMethod.default_transform`).
+
+- [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
+- [1]: Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, 2017,
+  https://arxiv.org/abs/1706.02677 (linear lr scaling and warmup)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.benchmarking import OnlineLinearClassifier
+from lightly.utils.lars import LARS
+from torch import Tensor, nn
+
+from ssl_mae_plugin.backbones import build_backbone
+from ssl_mae_plugin.data import Normalization
+
+OPTIMIZERS = ("adamw", "lars", "sgd")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """A method's optimisation recipe, as its paper (or lightly's benchmarks) use it.
+
+    Attributes:
+        optimizer: ``adamw``, ``lars`` or ``sgd``.
+        blr: Base learning rate; the actual one is ``blr * batch_size / 256``.
+        weight_decay: Decoupled (AdamW) or L2 (LARS, SGD) weight decay.
+        betas: AdamW betas.
+        momentum: LARS / SGD momentum.
+        warmup_fraction: Warmup length as a fraction of the epochs when the recipe does
+            not give ``warmup_epochs`` (MAE: 40 of 800 = 0.05).
+    """
+
+    optimizer: str = "adamw"
+    blr: float = 1.5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    warmup_fraction: float = 0.05
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warmup from 0, then half-cycle cosine to ``min_ratio``.
+
+    Per step, as facebookresearch/mae adjusts the rate every iteration.
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def is_no_decay(name: str, param: Tensor) -> bool:
+    """Norm weights, biases (1-D), position tables and cls/mask tokens get no weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES
+
+
+def parameter_groups(
+    named_parameters: Iterable[tuple[str, Tensor]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and a non-decayed group."""
+    decay, no_decay = [], []
+    for name, param in named_parameters:
+        if param.requires_grad:
+            (no_decay if is_no_decay(name, param) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class SSLMethod(pl.LightningModule, ABC):
+    """Base LightningModule of the SSL methods.
+
+    Args:
+        backbone: Backbone name (see :mod:`ssl_mae_plugin.backbones`).
+        image_size: Input size of the pretraining views.
+        patch_size: ViT patch size.
+        embed_dim: ViT width; the named size's when ``None``.
+        depth: ViT blocks; the named size's when ``None``.
+        num_heads: ViT heads; the named size's when ``None``.
+        num_classes: Classes of the dataset (for the online probe).
+        batch_size: Global batch size (all devices); scales the learning rate.
+        blr: Base learning rate; the method's default when ``None``.
+        weight_decay: Weight decay; the method's default when ``None``.
+        warmup_epochs: Warmup epochs (fractional allowed); a fraction of the run, the
+            method's default, when ``None``. Clipped to the run length.
+        min_lr: Final learning rate of the cosine schedule.
+        optimizer: ``adamw``, ``lars`` or ``sgd``; the method's default when ``None``.
+        online_probe: Train a linear classifier on detached features during pretraining.
+        seed: Run seed (masks and augmentations derive from it).
+    """
+
+    name: ClassVar[str] = ""
+    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults()
+
+    def __init__(
+        self,
+        backbone: str = "vit_tiny",
+        image_size: int = 224,
+        patch_size: int = 16,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        num_classes: int = 10,
+        batch_size: int = 256,
+        blr: float | None = None,
+        weight_decay: float | None = None,
+        warmup_epochs: float | None = None,
+        min_lr: float = 0.0,
+        optimizer: str | None = None,
+        online_probe: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        defaults = self.optimizer_defaults
+        self.backbone_name = backbone
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.vit_overrides = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.blr = defaults.blr if blr is None else blr
+        self.weight_decay = defaults.weight_decay if weight_decay is None else weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.min_lr = min_lr
+        self.optimizer_name = defaults.optimizer if optimizer is None else optimizer
+        if self.optimizer_name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer_name!r}")
+        self.online_probe = online_probe
+        self.seed = seed
+        self.online_classifier: OnlineLinearClassifier | None = None
+        self._batches_done = 0
+
+    # -- what a method provides ------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def default_transform(cls, image_size: int, normalization: Normalization) -> Callable:
+        """The lightly transform producing this method's views."""
+
+    @abstractmethod
+    def ssl_step(self, views: list[Tensor], seeds: list[int]) -> tuple[Tensor, Tensor | None]:
+        """Compute the SSL loss of a batch.
+
+        Args:
+            views: The views of the batch, one ``[N, C, H, W]`` tensor per view.
+            seeds: One seed per sample for any randomness in the step (e.g. MAE masks).
+
+        Returns:
+            The loss and, for the online probe, ``[N, D]`` features of the first view
+            (``None`` when the method has none to offer cheaply).
+        """
+
+    def build_backbone(self) -> nn.Module:
+        """The backbone named by the constructor arguments (see :func:`build_backbone`)."""
+        return build_backbone(
+            self.backbone_name, self.image_size, self.patch_size, **self.vit_overrides
+        )
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """``[N, D]`` features of whole images for evaluation (no masking, no heads)."""
+        return self.backbone(images)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width ``D`` of :meth:`forward_features`."""
+        return int(self.backbone.num_features)
+
+    def setup_online_probe(self) -> None:
+        """Create the online classifier; subclasses call this after building the backbone."""
+        if self.online_probe:
+            self.online_classifier = OnlineLinearClassifier(
+                feature_dim=self.feature_dim, num_classes=self.num_classes
+            )
+
+    # -- training ---------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        """Start counting this epoch's batches (for mid-epoch resume)."""
+        self._batches_done = 0
+
+    def training_step(
+        self, batch: tuple[list[Tensor], Tensor, list[int]], batch_idx: int
+    ) -> Tensor:
+        """SSL loss (+ online probe loss on detached features)."""
+        views, labels, seeds = batch
+        self._batches_done = batch_idx + 1
+        loss, features = self.ssl_step(views, seeds)
+        batch_size = len(labels)
+        self.log(
+            "train/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch_size
+        )
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch_size)
+        if self.online_classifier is not None and features is not None:
+            probe_loss, probe_log = self.online_classifier.training_step(
+                (features.detach(), labels), batch_idx
+            )
+            self.log_dict(
+                probe_log, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size
+            )
+            loss = loss + probe_loss
+        return loss
+
+    def optimizer_parameters(self) -> list[dict[str, Any]]:
+        """Parameter groups: the method's networks, then the online probe (no decay)."""
+        named = [
+            (name, param)
+            for name, param in self.named_parameters()
+            if not name.startswith("online_classifier.")
+        ]
+        groups = parameter_groups(named, self.weight_decay)
+        if self.online_classifier is not None:
+            groups.append(
+                {"params": list(self.online_classifier.parameters()), "weight_decay": 0.0}
+            )
+        return [group for group in groups if group["params"]]
+
+    @property
+    def base_lr(self) -> float:
+        """``blr * batch_size / 256``, the linear scaling rule [1]."""
+        return self.blr * self.batch_size / 256
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The method's optimizer with per-step linear warmup and half-cycle cosine [0]."""
+        groups = self.optimizer_parameters()
+        defaults = self.optimizer_defaults
+        if self.optimizer_name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=defaults.betas)
+        elif self.optimizer_name == "lars":
+            optimizer = LARS(groups, lr=self.base_lr, momentum=defaults.momentum)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=self.base_lr, momentum=defaults.momentum)
+
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        steps_per_epoch = max(total_steps // max_epochs, 1)
+        warmup_epochs = (
+            defaults.warmup_fraction * max_epochs
+            if self.warmup_epochs is None
+            else self.warmup_epochs
+        )
+        warmup_steps = round(warmup_epochs * steps_per_epoch)
+        if warmup_steps > total_steps:
+            warnings.warn(
+                f"warmup_epochs={warmup_epochs} is longer than the run ({max_epochs} epochs); "
+                "clipped to the run length",
+                stacklevel=2,
+            )
+            warmup_steps = total_steps
+        min_ratio = self.min_lr / self.base_lr if self.base_lr > 0 else 0.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the method name and where in the data the run stands."""
+        checkpoint["ssl_method"] = self.name
+        epoch, done = self.current_epoch, self._batches_done
+        if done >= self.trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        checkpoint["data_position"] = {"epoch": int(epoch), "batches_done": int(done)}
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of a module (trainable or not)."""
+    return sum(param.numel() for param in module.parameters())

@@ -1,0 +1,115 @@
+"""MAE as an SSL method: our MAE core, lightly's ``MAETransform`` and ``MultiViewCollate``.
+
+- [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from lightly.transforms import MAETransform
+from torch import Tensor
+
+from ssl_mae_plugin.data import Normalization
+from ssl_mae_plugin.loading import noise_from_seeds
+from ssl_mae_plugin.mae.model import (
+    MAE,
+    mae_vit_base_patch16,
+    mae_vit_huge_patch14,
+    mae_vit_large_patch16,
+    mae_vit_small_patch16,
+    mae_vit_tiny_patch16,
+)
+from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
+
+MAE_FACTORIES: dict[str, Callable[..., MAE]] = {
+    "vit_tiny": mae_vit_tiny_patch16,
+    "vit_small": mae_vit_small_patch16,
+    "vit_base": mae_vit_base_patch16,
+    "vit_large": mae_vit_large_patch16,
+    "vit_huge": mae_vit_huge_patch14,
+}
+
+
+class MAEMethod(SSLMethod):
+    """Masked Autoencoder pretraining [0].
+
+    Paper defaults: AdamW betas (0.9, 0.95), weight decay 0.05, base lr 1.5e-4, warmup 5%
+    of the epochs (40 of 800), mask ratio 0.75, norm-pix loss, RandomResizedCrop with
+    scale (0.2, 1) + flip. The decoder defaults to the factory's (512-d, 8 blocks for
+    B/L/H).
+
+    Args:
+        mask_ratio: Fraction of patches removed.
+        norm_pix_loss: Regress per-patch normalised pixels.
+        decoder_embed_dim: Decoder width; the factory default when ``None``.
+        decoder_depth: Decoder blocks; the factory default when ``None``.
+        decoder_num_heads: Decoder heads; the factory default when ``None``.
+        pool: Feature for evaluation: ``cls`` token (the paper's linear probe) or ``mean``.
+        **common: :class:`SSLMethod` arguments.
+    """
+
+    name: ClassVar[str] = "mae"
+    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
+        optimizer="adamw", blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_fraction=0.05
+    )
+
+    def __init__(
+        self,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        decoder_embed_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_num_heads: int | None = None,
+        pool: str = "cls",
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        self.save_hyperparameters()
+        if self.backbone_name not in MAE_FACTORIES:
+            raise ValueError(
+                f"mae needs a ViT backbone ({', '.join(MAE_FACTORIES)}), got {self.backbone_name!r}"
+            )
+        decoder = {
+            "decoder_embed_dim": decoder_embed_dim,
+            "decoder_depth": decoder_depth,
+            "decoder_num_heads": decoder_num_heads,
+        }
+        self.model = MAE_FACTORIES[self.backbone_name](
+            img_size=self.image_size,
+            patch_size=self.patch_size,
+            mask_ratio=mask_ratio,
+            norm_pix_loss=norm_pix_loss,
+            **{
+                key: value
+                for key, value in {**decoder, **self.vit_overrides}.items()
+                if value is not None
+            },
+        )
+        self.backbone = self.model.encoder
+        self.pool = pool
+        self.setup_online_probe()
+
+    @classmethod
+    def default_transform(cls, image_size: int, normalization: Normalization) -> Callable:
+        """The ``MAETransform`` of lightly: RandomResizedCrop(scale 0.2-1, bicubic) + flip."""
+        return MAETransform(
+            input_size=image_size, min_scale=0.2, normalize=normalization.as_lightly()
+        )
+
+    def ssl_step(self, views: list[Tensor], seeds: list[int]) -> tuple[Tensor, Tensor | None]:
+        """Masked reconstruction loss; masks drawn from the per-sample seeds."""
+        images = views[0]
+        noise = noise_from_seeds(seeds, self.model.num_patches, images.device)
+        loss = self.model(images, noise=noise).loss
+        features = None
+        if self.online_classifier is not None:
+            with torch.no_grad():
+                features = self.model.forward_features(images, pool=self.pool)
+        return loss, features
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Encoder features of whole images (cls token or mean of patch tokens)."""
+        return self.model.forward_features(images, pool=self.pool)

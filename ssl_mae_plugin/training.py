@@ -1,0 +1,336 @@
+"""Pretraining one method of a recipe with a PyTorch Lightning ``Trainer``.
+
+CPU or GPU, one or many devices (DDP), 32/bf16/16-bit precision, checkpoints at
+``<output_dir>/<name>/<label>/checkpoints/last.ckpt`` after every epoch (and optionally
+every N steps), per-epoch metrics in ``<label>/metrics.csv``, and exact resume: the same
+command continues from the last checkpoint and ends with the weights of an uninterrupted
+run (see :mod:`ssl_mae_plugin.loading`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.data import MultiViewCollate
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from ssl_mae_plugin.data import (
+    Normalization,
+    build_dataset,
+    default_normalization,
+    limit_dataset,
+)
+from ssl_mae_plugin.loading import EpochSampler, SeededViews
+from ssl_mae_plugin.methods.base import SSLMethod
+from ssl_mae_plugin.methods.registry import get_method
+from ssl_mae_plugin.recipes import Recipe
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last"
+METRICS_FIELDS = (
+    "epoch",
+    "step",
+    "loss",
+    "lr",
+    "seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "online_top1",
+)
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run produced, as recorded in its folder."""
+
+    label: str
+    checkpoint: str
+    epochs: int
+    seconds: float
+    images_per_second: float | None
+    final_loss: float | None
+    peak_memory_mb: float | None
+    memory_kind: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def normalization_of(recipe: Recipe) -> Normalization:
+    """The recipe's input normalisation (its own or the dataset's usual one)."""
+    default = default_normalization(recipe.data.dataset)
+    mean = tuple(recipe.data.mean) if recipe.data.mean else default.mean
+    std = tuple(recipe.data.std) if recipe.data.std else default.std
+    return Normalization(mean, std)
+
+
+def build_split(recipe: Recipe, split: str, max_images: int | None) -> Any:
+    """One split of the recipe's dataset, limited to a balanced subset when asked."""
+    dataset = build_dataset(
+        recipe.data.dataset,
+        split,
+        root=recipe.data.root,
+        download=recipe.data.download,
+        on_bad_image=recipe.data.on_bad_image,
+        bad_image_log=recipe.run_dir / "bad_images.txt",
+    )
+    return limit_dataset(dataset, max_images, seed=recipe.seed)
+
+
+def build_method(recipe: Recipe, index: int, num_classes: int) -> SSLMethod:
+    """Instantiate method ``index`` of the recipe (weights from ``recipe.seed``)."""
+    entry = recipe.methods[index]
+    method = get_method(entry["name"])
+    options = {key: value for key, value in entry.items() if key not in ("name", "label")}
+    pl.seed_everything(recipe.seed, verbose=False)
+    return method(
+        **options,
+        image_size=recipe.data.image_size,
+        num_classes=num_classes,
+        batch_size=recipe.pretrain.batch_size,
+        seed=recipe.seed,
+    )
+
+
+class PretrainData(pl.LightningDataModule):
+    """Seeded, sharded, resumable loading of the training split.
+
+    Args:
+        dataset: Yields ``(image, label)``.
+        transform: The method's lightly transform.
+        batch_size: Global batch size.
+        seed: Run seed.
+        num_workers: Loader processes per device.
+        start_epoch: Epoch to start in (resume).
+        skip_batches: Batches of ``start_epoch`` already done (resume).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        transform: Any,
+        batch_size: int,
+        seed: int,
+        num_workers: int,
+        start_epoch: int = 0,
+        skip_batches: int = 0,
+    ) -> None:
+        super().__init__()
+        self.views = SeededViews(dataset, transform, seed=seed)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.start_epoch = start_epoch
+        self.skip_batches = skip_batches
+
+    def train_dataloader(self) -> DataLoader:
+        """Per-rank loader over the rank's shard of each epoch."""
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        if self.batch_size % world:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by {world} devices")
+        per_rank = self.batch_size // world
+        sampler = EpochSampler(
+            len(self.views),
+            batch_size=per_rank,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            start_epoch=self.start_epoch,
+            skip_batches=self.skip_batches,
+        )
+        return DataLoader(
+            self.views,
+            batch_size=per_rank,
+            sampler=sampler,
+            collate_fn=MultiViewCollate(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,  # the sampler already yields whole batches
+        )
+
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory in MiB: allocated GPU memory on CUDA, else the process's peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20, "gpu_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"
+
+
+class EpochMetrics(Callback):
+    """Appends one row per epoch to ``metrics.csv``: loss, lr, seconds, images/s, memory.
+
+    Rows of epochs that are trained again after a resume replace the earlier ones.
+    """
+
+    def __init__(self, path: Path, global_batch: int) -> None:
+        self.path = path
+        self.global_batch = global_batch
+        self._start = 0.0
+        self._first_step = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch clock."""
+        self._start = time.perf_counter()
+        self._first_step = trainer.global_step
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the epoch's row (rank 0)."""
+        seconds = time.perf_counter() - self._start
+        steps = trainer.global_step - self._first_step
+        metrics = trainer.callback_metrics
+        memory, _ = peak_memory()
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "loss": _metric(metrics, "train/loss_epoch"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "seconds": round(seconds, 3),
+            "images_per_second": round(steps * self.global_batch / seconds, 2) if seconds else "",
+            "peak_memory_mb": round(memory, 1),
+            "online_top1": _metric(metrics, "train_online_cls_top1"),
+        }
+        if trainer.is_global_zero:
+            rows = [r for r in read_metrics(self.path) if int(r["epoch"]) < row["epoch"]]
+            write_metrics(self.path, [*rows, row])
+
+
+def _metric(metrics: dict[str, Any], name: str) -> float | str:
+    value = metrics.get(name)
+    return float(value) if value is not None else ""
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """Rows of a ``metrics.csv`` (empty when it does not exist)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``metrics.csv`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".csv.partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def data_position(checkpoint: Path) -> tuple[int, int]:
+    """``(epoch, batches done in it)`` recorded in one of our checkpoints."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    position = state.get("data_position", {"epoch": state.get("epoch", 0) + 1, "batches_done": 0})
+    return int(position["epoch"]), int(position["batches_done"])
+
+
+def summarize(recipe: Recipe, index: int) -> PretrainResult:
+    """The result of method ``index`` as recorded in its folder."""
+    method_dir = recipe.method_dir(index)
+    rows = read_metrics(method_dir / "metrics.csv")
+    speeds = [float(r["images_per_second"]) for r in rows if r["images_per_second"]]
+    memory = [float(r["peak_memory_mb"]) for r in rows if r["peak_memory_mb"]]
+    return PretrainResult(
+        label=recipe.methods[index]["label"],
+        checkpoint=str(method_dir / "checkpoints" / f"{CHECKPOINT_NAME}.ckpt"),
+        epochs=len(rows),
+        seconds=round(sum(float(r["seconds"]) for r in rows), 2),
+        images_per_second=round(sorted(speeds)[len(speeds) // 2], 2) if speeds else None,
+        final_loss=float(rows[-1]["loss"]) if rows and rows[-1]["loss"] else None,
+        peak_memory_mb=max(memory) if memory else None,
+        memory_kind=peak_memory()[1],
+    )
+
+
+def build_trainer(recipe: Recipe, method_dir: Path, steps_per_epoch: int) -> pl.Trainer:
+    """A Lightning Trainer with our checkpoints, metrics and logging."""
+    checkpoint_dir = method_dir / "checkpoints"
+    checkpoint_options: dict[str, Any] = {
+        "dirpath": checkpoint_dir,
+        "filename": CHECKPOINT_NAME,
+        "save_top_k": 1,
+        "enable_version_counter": False,
+    }
+    callbacks: list[Callback] = [
+        EpochMetrics(method_dir / "metrics.csv", recipe.pretrain.batch_size),
+        ModelCheckpoint(**checkpoint_options, every_n_epochs=1, save_on_train_epoch_end=True),
+    ]
+    if recipe.pretrain.checkpoint_every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                **checkpoint_options, every_n_train_steps=recipe.pretrain.checkpoint_every_n_steps
+            )
+        )
+    trainer_config = recipe.trainer
+    return pl.Trainer(
+        max_epochs=recipe.pretrain.epochs,
+        accelerator=trainer_config.accelerator,
+        devices=trainer_config.devices,
+        num_nodes=trainer_config.num_nodes,
+        precision=trainer_config.precision,
+        strategy=trainer_config.strategy,
+        logger=CSVLogger(method_dir, name="logs"),
+        callbacks=callbacks,
+        enable_progress_bar=trainer_config.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(trainer_config.log_every_n_steps, steps_per_epoch)),
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=method_dir,
+    )
+
+
+def pretrain(recipe: Recipe, index: int) -> PretrainResult:
+    """Pretrain method ``index`` of the recipe, resuming from its last checkpoint if any.
+
+    Args:
+        recipe: A validated recipe.
+        index: Which entry of ``recipe.methods``.
+
+    Returns:
+        The recorded result (also when the run had already finished).
+    """
+    method_dir = recipe.method_dir(index)
+    checkpoint = method_dir / "checkpoints" / f"{CHECKPOINT_NAME}.ckpt"
+    start_epoch, skip_batches = data_position(checkpoint) if checkpoint.is_file() else (0, 0)
+    if start_epoch >= recipe.pretrain.epochs:
+        logger.info("%s: already pretrained for %d epochs", method_dir, recipe.pretrain.epochs)
+        return summarize(recipe, index)
+
+    dataset = build_split(recipe, recipe.data.train_split, recipe.data.max_train_images)
+    module = build_method(recipe, index, num_classes=len(dataset.classes))
+    transform = module.default_transform(recipe.data.image_size, normalization_of(recipe))
+    data = PretrainData(
+        dataset,
+        transform,
+        batch_size=recipe.pretrain.batch_size,
+        seed=recipe.seed,
+        num_workers=recipe.data.num_workers,
+        start_epoch=start_epoch,
+        skip_batches=skip_batches,
+    )
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    steps_per_epoch = max(len(dataset) // recipe.pretrain.batch_size, 1)
+    trainer = build_trainer(recipe, method_dir, steps_per_epoch)
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint if checkpoint.is_file() else None)
+    return summarize(recipe, index)
