@@ -7,6 +7,7 @@ Every backbone maps ``[N, C, H, W]`` images to ``[N, D]`` features and has
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import timm
 import torchvision
@@ -22,12 +23,18 @@ VIT_SIZES: dict[str, dict[str, int]] = {
     "vit_huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 RESNETS = ("resnet18", "resnet50")
+CONVNET_PREFIXES = ("resne", "convnext", "regnet", "efficientnet", "mobilenet")
 CIFAR_STEM_MAX_SIZE = 64
 
 
 def is_vit(name: str) -> bool:
     """Whether ``name`` is one of our ViT sizes."""
     return name in VIT_SIZES
+
+
+def is_convnet(name: str) -> bool:
+    """Whether a backbone name is a ConvNet (some methods use other recipes for them)."""
+    return name in RESNETS or name.startswith(CONVNET_PREFIXES)
 
 
 def available_backbones() -> list[str]:
@@ -55,12 +62,20 @@ def vit_size(name: str, **overrides: int | None) -> dict[str, int]:
 
 
 def build_vit(
-    name: str, image_size: int, patch_size: int = 16, in_chans: int = 3, **overrides: int | None
+    name: str,
+    image_size: int,
+    patch_size: int = 16,
+    in_chans: int = 3,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A timm ViT of a named size with MAE's conventions (qkv bias, LayerNorm eps 1e-6).
 
-    The result has no head (``num_classes=0``) and returns the cls token. ``overrides``
-    may change ``embed_dim``, ``depth`` and ``num_heads``.
+    The result has no head (``num_classes=0``) and returns the cls token. ``embed_dim``,
+    ``depth`` and ``num_heads`` override the named size; ``timm_kwargs`` go to timm's
+    ``VisionTransformer`` (e.g. ``dynamic_img_size=True``).
     """
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
@@ -71,7 +86,8 @@ def build_vit(
         num_classes=0,
         qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        **vit_size(name, **overrides),
+        **vit_size(name, embed_dim=embed_dim, depth=depth, num_heads=num_heads),
+        **timm_kwargs,
     )
 
 
@@ -95,7 +111,7 @@ def build_backbone(
     image_size: int,
     patch_size: int = 16,
     in_chans: int = 3,
-    **vit_overrides: int | None,
+    **vit_kwargs: Any,
 ) -> nn.Module:
     """Build a backbone by name.
 
@@ -105,7 +121,7 @@ def build_backbone(
         image_size: Input size.
         patch_size: Patch size of our ViTs.
         in_chans: Input channels.
-        **vit_overrides: ``embed_dim``, ``depth``, ``num_heads`` of our ViTs.
+        **vit_kwargs: ``embed_dim``, ``depth``, ``num_heads`` (and timm options) of our ViTs.
 
     Returns:
         A module mapping images to ``[N, num_features]`` features.
@@ -114,8 +130,8 @@ def build_backbone(
         ValueError: For an unknown name or an image size the backbone cannot take.
     """
     if is_vit(name):
-        return build_vit(name, image_size, patch_size, in_chans, **vit_overrides)
-    if any(value is not None for value in vit_overrides.values()):
+        return build_vit(name, image_size, patch_size, in_chans, **vit_kwargs)
+    if any(value is not None for value in vit_kwargs.values()):
         raise ValueError(f"embed_dim/depth/num_heads only apply to ViT backbones, not {name!r}")
     if name in RESNETS:
         return build_resnet(name, image_size)

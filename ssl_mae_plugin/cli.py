@@ -10,13 +10,20 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ssl_mae_plugin.data import DatasetUnavailableError
 from ssl_mae_plugin.methods.registry import get_method, list_methods
 from ssl_mae_plugin.recipes import RecipeError, load_recipe
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-BAD_INPUT_ERRORS = (RecipeError, DatasetUnavailableError, FileNotFoundError)
+
+
+class BadInputError(Exception):
+    """Input the user can fix; reported in one line with exit code 2."""
+
+
+BAD_INPUT_ERRORS = (BadInputError, RecipeError, DatasetUnavailableError, FileNotFoundError)
 
 
 def _first_doc_line(obj: object) -> str:
@@ -44,6 +51,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """Write the four-panel MAE reconstruction figure for some images."""
+    from ssl_mae_plugin.visualization import load_inputs, render
+
+    try:
+        model, normalization, batch = load_inputs(args.checkpoint, args.images, args.mask_ratio)
+    except ValueError as error:
+        raise BadInputError(str(error)) from error
+    title = Path(args.checkpoint).name
+    path = render(model, normalization, batch, args.out, args.mask_ratio, args.seed, title)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ssl-mae``."""
     parser = argparse.ArgumentParser(
@@ -67,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
 
     recipe_command("pretrain", "pretrain only (resumes from the last checkpoint)", cmd_pretrain)
+
+    visualize = commands.add_parser(
+        "visualize",
+        help="MAE reconstructions of images",
+        description="Original | masked | reconstruction | reconstruction + visible, one row "
+        "per image, from an ssl-mae checkpoint (.ckpt) or a facebookresearch/mae one (.pth).",
+    )
+    visualize.add_argument("checkpoint", help="last.ckpt of an MAE run, or an official .pth")
+    visualize.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    visualize.add_argument("--out", required=True, help="PNG file to write")
+    visualize.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
+    visualize.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    visualize.set_defaults(handler=cmd_visualize)
     return parser
 
 
@@ -80,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_INPUT_ERRORS as error:
         print(f"ssl-mae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception:
+        logging.getLogger("ssl_mae_plugin").exception("ssl-mae %s failed", args.command)
+        return EXIT_FAILURE
 
 
 def entry_point() -> None:

@@ -282,14 +282,18 @@ def limit_dataset(dataset: Dataset, max_images: int | None, seed: int = 0) -> Da
     return LabelledSubset(dataset, balanced_subset(dataset.targets, max_images, seed))
 
 
-def eval_transform(image_size: int, normalization: Normalization) -> Callable:
-    """Resize + center crop + normalise, for features and evaluation.
+def eval_transform(
+    image_size: int, normalization: Normalization, crop_pct: float | None = None
+) -> Callable:
+    """Bicubic resize + center crop + normalise, for features and evaluation.
 
-    Large images follow the paper (resize to ``size / 0.875`` then center-crop ``size``,
-    i.e. 256 -> 224); images of 64 pixels or fewer are resized straight to ``size`` so
-    that nothing of a 32-pixel image is cropped away.
+    The crop keeps ``crop_pct`` of the resized short side. By default large images follow
+    the paper (224 / 256: Resize 256 + CenterCrop 224), while images of 64 pixels or fewer
+    are resized straight to ``image_size`` so that nothing of a 32-pixel image is lost.
     """
-    resize = image_size if image_size <= 64 else round(image_size / 0.875)
+    if crop_pct is None:
+        crop_pct = 1.0 if image_size <= 64 else 224 / 256
+    resize = int(image_size / crop_pct)
     return T.Compose(
         [
             T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),

@@ -39,6 +39,7 @@ from ssl_mae_plugin.recipes import Recipe
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last"
+RUN_INFO_KEY = "ssl_mae_run"
 METRICS_FIELDS = (
     "epoch",
     "step",
@@ -211,6 +212,38 @@ class EpochMetrics(Callback):
             write_metrics(self.path, [*rows, row])
 
 
+class RunInfo(Callback):
+    """Stores what is needed to use a checkpoint on its own (input normalisation, data)."""
+
+    def __init__(self, recipe: Recipe, normalization: Normalization) -> None:
+        self.info = {
+            "recipe": recipe.name,
+            "dataset": recipe.data.dataset,
+            "image_size": recipe.data.image_size,
+            "mean": list(normalization.mean),
+            "std": list(normalization.std),
+        }
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Add ``checkpoint["ssl_mae_run"]``."""
+        checkpoint[RUN_INFO_KEY] = self.info
+
+
+def load_pretrained(path: str | Path) -> tuple[SSLMethod, dict[str, Any]]:
+    """A method and its run info from one of our Lightning checkpoints (CPU, eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "ssl_method" not in state:
+        raise ValueError(f"{path} is not an ssl-mae checkpoint (no 'ssl_method' entry)")
+    method = get_method(state["ssl_method"])
+    module = method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return module.eval(), state.get(RUN_INFO_KEY, {})
+
+
 def _metric(metrics: dict[str, Any], name: str) -> float | str:
     value = metrics.get(name)
     return float(value) if value is not None else ""
@@ -260,7 +293,9 @@ def summarize(recipe: Recipe, index: int) -> PretrainResult:
     )
 
 
-def build_trainer(recipe: Recipe, method_dir: Path, steps_per_epoch: int) -> pl.Trainer:
+def build_trainer(
+    recipe: Recipe, method_dir: Path, steps_per_epoch: int, normalization: Normalization
+) -> pl.Trainer:
     """A Lightning Trainer with our checkpoints, metrics and logging."""
     checkpoint_dir = method_dir / "checkpoints"
     checkpoint_options: dict[str, Any] = {
@@ -271,6 +306,7 @@ def build_trainer(recipe: Recipe, method_dir: Path, steps_per_epoch: int) -> pl.
     }
     callbacks: list[Callback] = [
         EpochMetrics(method_dir / "metrics.csv", recipe.pretrain.batch_size),
+        RunInfo(recipe, normalization),
         ModelCheckpoint(**checkpoint_options, every_n_epochs=1, save_on_train_epoch_end=True),
     ]
     if recipe.pretrain.checkpoint_every_n_steps:
@@ -318,7 +354,8 @@ def pretrain(recipe: Recipe, index: int) -> PretrainResult:
 
     dataset = build_split(recipe, recipe.data.train_split, recipe.data.max_train_images)
     module = build_method(recipe, index, num_classes=len(dataset.classes))
-    transform = module.default_transform(recipe.data.image_size, normalization_of(recipe))
+    normalization = normalization_of(recipe)
+    transform = module.default_transform(normalization)
     data = PretrainData(
         dataset,
         transform,
@@ -331,6 +368,6 @@ def pretrain(recipe: Recipe, index: int) -> PretrainResult:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     steps_per_epoch = max(len(dataset) // recipe.pretrain.batch_size, 1)
-    trainer = build_trainer(recipe, method_dir, steps_per_epoch)
+    trainer = build_trainer(recipe, method_dir, steps_per_epoch, normalization)
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint if checkpoint.is_file() else None)
     return summarize(recipe, index)

@@ -10,7 +10,6 @@ Each method subclasses :class:`SSLMethod`, builds its networks, and implements
 
 from __future__ import annotations
 
-import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from ssl_mae_plugin.backbones import build_backbone
 from ssl_mae_plugin.data import Normalization
+from ssl_mae_plugin.schedules import warmup_cosine_scheduler
 
 OPTIMIZERS = ("adamw", "lars", "sgd")
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
@@ -50,18 +50,6 @@ class OptimizerDefaults:
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
     warmup_fraction: float = 0.05
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Learning-rate factor: linear warmup from 0, then half-cycle cosine to ``min_ratio``.
-
-    Per step, as facebookresearch/mae adjusts the rate every iteration.
-    """
-    if step < warmup_steps:
-        return step / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def is_no_decay(name: str, param: Tensor) -> bool:
@@ -127,7 +115,7 @@ class SSLMethod(pl.LightningModule, ABC):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        defaults = self.optimizer_defaults
+        self.defaults = defaults = self.defaults_for(backbone)
         self.backbone_name = backbone
         self.image_size = image_size
         self.patch_size = patch_size
@@ -149,9 +137,13 @@ class SSLMethod(pl.LightningModule, ABC):
     # -- what a method provides ------------------------------------------------------------
 
     @classmethod
+    def defaults_for(cls, backbone: str) -> OptimizerDefaults:
+        """The optimisation recipe for a backbone (methods may differ for ConvNets)."""
+        return cls.optimizer_defaults
+
     @abstractmethod
-    def default_transform(cls, image_size: int, normalization: Normalization) -> Callable:
-        """The lightly transform producing this method's views."""
+    def default_transform(self, normalization: Normalization) -> Callable:
+        """The lightly transform producing this method's views at ``self.image_size``."""
 
     @abstractmethod
     def ssl_step(self, views: list[Tensor], seeds: list[int]) -> tuple[Tensor, Tensor | None]:
@@ -238,7 +230,7 @@ class SSLMethod(pl.LightningModule, ABC):
     def configure_optimizers(self) -> dict[str, Any]:
         """The method's optimizer with per-step linear warmup and half-cycle cosine [0]."""
         groups = self.optimizer_parameters()
-        defaults = self.optimizer_defaults
+        defaults = self.defaults
         if self.optimizer_name == "adamw":
             optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=defaults.betas)
         elif self.optimizer_name == "lars":
@@ -262,10 +254,12 @@ class SSLMethod(pl.LightningModule, ABC):
                 stacklevel=2,
             )
             warmup_steps = total_steps
-        min_ratio = self.min_lr / self.base_lr if self.base_lr > 0 else 0.0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
+        scheduler = warmup_cosine_scheduler(
             optimizer,
-            lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio),
+            steps_per_epoch=1,  # in steps: warmup and cosine per optimizer step [0]
+            epochs=total_steps,
+            warmup_epochs=warmup_steps,
+            min_lr_ratio=self.min_lr / self.base_lr if self.base_lr > 0 else 0.0,
         )
         return {
             "optimizer": optimizer,

@@ -92,11 +92,10 @@ class MAEMethod(SSLMethod):
         self.pool = pool
         self.setup_online_probe()
 
-    @classmethod
-    def default_transform(cls, image_size: int, normalization: Normalization) -> Callable:
+    def default_transform(self, normalization: Normalization) -> Callable:
         """The ``MAETransform`` of lightly: RandomResizedCrop(scale 0.2-1, bicubic) + flip."""
         return MAETransform(
-            input_size=image_size, min_scale=0.2, normalize=normalization.as_lightly()
+            input_size=self.image_size, min_scale=0.2, normalize=normalization.as_lightly()
         )
 
     def ssl_step(self, views: list[Tensor], seeds: list[int]) -> tuple[Tensor, Tensor | None]:

@@ -1,25 +1,13 @@
-import math
-
 import pytest
 import torch
 
-from ssl_mae_plugin.methods.base import is_no_decay, parameter_groups, warmup_cosine
+from ssl_mae_plugin.methods.base import is_no_decay, parameter_groups
 from ssl_mae_plugin.methods.mae import MAEMethod
 
 TINY = dict(
     backbone="vit_tiny", image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
     decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
 )  # fmt: skip
-
-
-def test_warmup_then_half_cycle_cosine_to_min():
-    assert warmup_cosine(0, 10, 100, 0.0) == 0.0
-    assert warmup_cosine(5, 10, 100, 0.0) == 0.5
-    assert warmup_cosine(10, 10, 100, 0.0) == 1.0
-    assert warmup_cosine(55, 10, 100, 0.0) == pytest.approx(0.5)
-    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine(3, 0, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
-    assert warmup_cosine(7, 10, 10, 0.0) == 0.7  # warmup as long as the run
 
 
 def test_no_weight_decay_for_norms_biases_tables_and_tokens():

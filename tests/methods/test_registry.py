@@ -10,6 +10,7 @@ from ssl_mae_plugin.methods.registry import ENTRY_POINT_GROUP, UnknownMethodErro
 def test_builtins_come_from_the_entry_point_group():
     declared = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     assert declared["mae"] == "ssl_mae_plugin.methods.mae:MAEMethod"
+    assert {"mae", "simclr", "byol", "dino", "mocov3", "vicreg"} <= set(declared)
     assert set(declared) <= set(list_methods())
     assert get_method("mae") is MAEMethod
 

@@ -1,0 +1,63 @@
+"""Evaluating frozen and fine-tuned backbones: features, k-NN, linear probes, fine-tuning.
+
+A backbone is any ``torch.nn.Module`` with ``forward_features(images) -> [N, D]``; wrap an
+:class:`ssl_mae_plugin.MAE` in :class:`PooledBackbone` to choose its pooling. Random-init
+baselines are the same backbone untrained, evaluated the same way.
+
+- [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
+"""
+
+from ssl_mae_plugin.evaluation.features import (
+    PooledBackbone,
+    cached_features,
+    extract_features,
+    feature_cache_key,
+    frozen_eval,
+)
+from ssl_mae_plugin.evaluation.finetune import (
+    FineTuneClassifier,
+    finetune,
+    layer_decay_param_groups,
+    vit_classifier,
+    vit_layer_id,
+)
+from ssl_mae_plugin.evaluation.knn import knn_classify
+from ssl_mae_plugin.evaluation.lars import LARS
+from ssl_mae_plugin.evaluation.linear import (
+    AugmentedLinearProbe,
+    LinearHead,
+    augmented_linear_probe,
+    linear_probe,
+)
+from ssl_mae_plugin.evaluation.metrics import topk_correct
+from ssl_mae_plugin.evaluation.transforms import (
+    TransformedDataset,
+    finetune_train_transform,
+    probe_train_transform,
+)
+from ssl_mae_plugin.schedules import warmup_cosine_lr, warmup_cosine_scheduler
+
+__all__ = [
+    "LARS",
+    "AugmentedLinearProbe",
+    "FineTuneClassifier",
+    "LinearHead",
+    "PooledBackbone",
+    "TransformedDataset",
+    "augmented_linear_probe",
+    "cached_features",
+    "extract_features",
+    "feature_cache_key",
+    "finetune",
+    "finetune_train_transform",
+    "frozen_eval",
+    "knn_classify",
+    "layer_decay_param_groups",
+    "linear_probe",
+    "probe_train_transform",
+    "topk_correct",
+    "vit_classifier",
+    "vit_layer_id",
+    "warmup_cosine_lr",
+    "warmup_cosine_scheduler",
+]
