@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from ssl_mae_plugin.data import DatasetUnavailableError
+from ssl_mae_plugin.methods.base import NonFiniteLossError
 from ssl_mae_plugin.methods.registry import get_method, list_methods
 from ssl_mae_plugin.recipes import RecipeError, load_recipe
 
@@ -39,9 +41,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain every method of a recipe (resuming from last checkpoints)."""
+    from ssl_mae_plugin.runner import prepare_data
     from ssl_mae_plugin.training import pretrain
 
     recipe = load_recipe(args.recipe, args.overrides)
+    prepare_data(recipe)
     for index, entry in enumerate(recipe.methods):
         result = pretrain(recipe, index)
         print(
@@ -62,6 +66,22 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     title = Path(args.checkpoint).name
     path = render(model, normalization, batch, args.out, args.mask_ratio, args.seed, title)
     print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Pretrain, evaluate and report every method of a recipe."""
+    from ssl_mae_plugin.runner import run_recipe
+
+    run_recipe(load_recipe(args.recipe, args.overrides))
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the finished checkpoints of a recipe and write its report."""
+    from ssl_mae_plugin.runner import run_recipe
+
+    run_recipe(load_recipe(args.recipe, args.overrides), do_pretrain=False)
     return EXIT_OK
 
 
@@ -87,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
 
+    recipe_command("run", "pretrain + evaluate + report, every method in the recipe", cmd_run)
     recipe_command("pretrain", "pretrain only (resumes from the last checkpoint)", cmd_pretrain)
+    recipe_command("eval", "evaluate existing checkpoints and write the report", cmd_eval)
 
     visualize = commands.add_parser(
         "visualize",
@@ -104,18 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep Lightning's banners and tips off the console; our own lines say what happens."""
+    for name in ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*LeafSpec.*", ".*does not have many workers.*", ".*in eval mode.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ssl-mae``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     try:
         return args.handler(args)
     except BAD_INPUT_ERRORS as error:
         print(f"ssl-mae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception:
+    except NonFiniteLossError as error:
+        print(f"ssl-mae: failed: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:
         logging.getLogger("ssl_mae_plugin").exception("ssl-mae %s failed", args.command)
+        print(f"ssl-mae: failed: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ssl_mae_plugin.training import read_metrics
 
+PART_NAMES = {"knn": "k-NN", "linear": "linear probe", "finetune": "fine-tune"}
 FIGURES = {
     "loss": "loss_curves.png",
     "accuracy": "accuracy.png",
@@ -174,6 +175,7 @@ def plot_loss_curves(method_dirs: dict[str, Path], path: Path) -> Path | None:
             label=f"{label} (epoch 1: {losses[0]:.3g})",
         )
     axes.set_xlabel("epoch")
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_ylabel("loss / epoch-1 loss")
     axes.set_title("Pretraining loss (each method relative to its first epoch)")
     axes.grid(alpha=0.3)
@@ -194,12 +196,12 @@ def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for offset, part in enumerate(parts):
         values = [100 * (_accuracy(r, part) or 0.0) for r in rows]
         positions = [i + (offset - (len(parts) - 1) / 2) * width for i in range(len(rows))]
-        bars = axes.bar(positions, values, width=width, label=f"{part} top-1")
+        bars = axes.bar(positions, values, width=width, label=PART_NAMES[part])
         axes.bar_label(bars, fmt="%.1f", fontsize=7)
     axes.set_xticks(range(len(rows)), labels, fontsize=8)
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.set_title("Validation accuracy per method (random_init = untrained backbone)")
+    axes.set_title("Validation top-1 (random_init: the backbone untrained)")
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()

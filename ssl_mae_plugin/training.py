@@ -13,6 +13,9 @@ import csv
 import logging
 import os
 import resource
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,6 +234,59 @@ class RunInfo(Callback):
         checkpoint[RUN_INFO_KEY] = self.info
 
 
+class GracefulInterrupt(Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, finish the current step, save a checkpoint, stop.
+
+    The signal only sets a flag; after the running step every rank agrees to stop, the
+    checkpoint (weights, optimizer, data position) is written and the run ends as Lightning
+    ends on Ctrl-C (exit status 1). A second Ctrl-C stops at once. The same command
+    resumes from the saved step exactly.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Install the signal handlers (main thread only)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Restore the previous handlers."""
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        """Save and stop if any rank was signalled."""
+        stop = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
+        if not stop:
+            return
+        trainer.save_checkpoint(self.checkpoint)
+        self._restore()
+        epoch, done = pl_module.current_epoch, getattr(pl_module, "_batches_done", 0)
+        message = (
+            f"ssl-mae: interrupted ({self.requested or 'signal on another rank'}) at epoch "
+            f"{epoch}, batch {done}: saved {self.checkpoint}; run the same command to resume"
+        )
+        if trainer.is_global_zero:
+            print(message, file=sys.stderr, flush=True)
+        raise KeyboardInterrupt(message)
+
+
 def load_pretrained(path: str | Path) -> tuple[SSLMethod, dict[str, Any]]:
     """A method and its run info from one of our Lightning checkpoints (CPU, eval mode)."""
     path = Path(path)
@@ -307,6 +363,7 @@ def build_trainer(
     callbacks: list[Callback] = [
         EpochMetrics(method_dir / "metrics.csv", recipe.pretrain.batch_size),
         RunInfo(recipe, normalization),
+        GracefulInterrupt(checkpoint_dir / f"{CHECKPOINT_NAME}.ckpt"),
         ModelCheckpoint(**checkpoint_options, every_n_epochs=1, save_on_train_epoch_end=True),
     ]
     if recipe.pretrain.checkpoint_every_n_steps:

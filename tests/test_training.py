@@ -33,7 +33,13 @@ def tiny_recipe(root: Path, output: Path, **sections) -> dict:
     recipe = {
         "name": "t",
         "output_dir": str(output),
-        "data": {"dataset": "imagefolder", "root": str(root), "image_size": 32, "num_workers": 0},
+        "data": {
+            "dataset": "imagefolder",
+            "root": str(root),
+            "val_split": "test",
+            "image_size": 32,
+            "num_workers": 0,
+        },
         "methods": [dict(TINY_MAE)],
         "pretrain": {"epochs": 3, "batch_size": 32},
         "trainer": {"accelerator": "cpu", "progress_bar": False},

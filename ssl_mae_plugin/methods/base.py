@@ -27,6 +27,10 @@ from ssl_mae_plugin.data import Normalization
 from ssl_mae_plugin.schedules import warmup_cosine_scheduler
 
 OPTIMIZERS = ("adamw", "lars", "sgd")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops before the weights are touched."""
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
 
 
@@ -193,6 +197,7 @@ class SSLMethod(pl.LightningModule, ABC):
         views, labels, seeds = batch
         self._batches_done = batch_idx + 1
         loss, features = self.ssl_step(views, seeds)
+        self.check_finite(loss, batch_idx)
         batch_size = len(labels)
         self.log(
             "train/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch_size
@@ -207,6 +212,24 @@ class SSLMethod(pl.LightningModule, ABC):
             )
             loss = loss + probe_loss
         return loss
+
+    def check_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Stop every rank before the optimizer step if any rank's loss is not finite.
+
+        Like facebookresearch/mae, which checks every step; the weights, and the last
+        checkpoint, are still those of the last good step.
+
+        Raises:
+            NonFiniteLossError: Naming the step.
+        """
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) at step {self.global_step} (epoch "
+            f"{self.current_epoch}, batch {batch_idx}); stopped before updating the weights, "
+            "the last checkpoint is kept. Lower the learning rate or use precision 32"
+        )
 
     def optimizer_parameters(self) -> list[dict[str, Any]]:
         """Parameter groups: the method's networks, then the online probe (no decay)."""

@@ -1,0 +1,84 @@
+"""The ``ssl-mae`` command as a user runs it: a real subprocess, real files."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssl_mae_plugin.cli import main
+from tests.test_training import TINY_MAE
+
+
+def ssl_mae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ssl_mae_plugin.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_methods_lists_the_builtins():
+    result = ssl_mae("methods")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"mae", "simclr", "byol", "dino"} <= set(names)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["pretrain"], ["eval"], ["visualize"]])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage: ssl-mae" in capsys.readouterr().out
+
+
+def write_recipe(tmp_path: Path, **changes) -> Path:
+    raw = {
+        "name": "c",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "mnist5k", "image_size": 32, "num_workers": 0},
+        "methods": [dict(TINY_MAE)],
+        "pretrain": {"epochs": 1, "batch_size": 32},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+        **changes,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.yaml"], "recipe file not found: missing.yaml"),
+        (["run", "{recipe}", "pretrain.epochs=zero"], "pretrain.epochs must be an integer"),
+        (["run", "{recipe}", "methods.0.mask_ratio=1.5"], r"methods.0.mask_ratio must be in"),
+        (["run", "{recipe}", "methods.0.patch_size=5"], "not divisible by methods.0.patch_size=5"),
+        (["run", "{recipe}", "methods.0.name=maee"], "unknown method 'maee'"),
+        (["pretrain", "{recipe}", "data.colour=red"], "unknown key 'data.colour'"),
+        (["eval", "{recipe}"], "no checkpoint at"),
+        (["run", "{recipe}", "data.dataset=imagefolder", "data.root=/nope"], "/nope/train"),
+        (["visualize", "missing.ckpt", "a.png", "--out", "o.png"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    recipe = write_recipe(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main([a.replace("{recipe}", str(recipe)) for a in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssl-mae: error:"), lines
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "runs" / "c" / "mae" / "checkpoints").exists()
+
+
+def test_a_real_process_exits_2_without_a_traceback(tmp_path):
+    recipe = write_recipe(tmp_path)
+    result = ssl_mae("run", str(recipe), "methods.0.mask_ratio=2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ssl-mae: error: methods.0.mask_ratio must be in [0, 1), got 2.0"
+    ]

@@ -1,0 +1,128 @@
+"""``ssl-mae run`` end to end on real CIFAR-10 JPEGs: report contents, figures, reuse."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from ssl_mae_plugin.recipes import recipe_from_dict
+from ssl_mae_plugin.runner import run_recipe
+from ssl_mae_plugin.training import pretrain
+from tests.test_training import TINY_MAE
+
+TINY_SIMCLR = {
+    "name": "simclr",
+    "backbone": "vit_tiny",
+    "patch_size": 8,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "hidden_dim": 64,
+    "output_dim": 32,
+}
+
+
+def make_recipe(root, output, **eval_changes):
+    return recipe_from_dict(
+        {
+            "name": "cmp",
+            "output_dir": str(output),
+            "data": {
+                "dataset": "imagefolder",
+                "root": str(root),
+                "val_split": "test",
+                "image_size": 32,
+                "num_workers": 0,
+            },
+            "methods": [dict(TINY_MAE), dict(TINY_SIMCLR)],
+            "pretrain": {"epochs": 2, "batch_size": 32},
+            "trainer": {"accelerator": "cpu", "progress_bar": False},
+            "eval": {
+                "knn": {"k": 10},
+                "linear": {"epochs": 5, "batch_size": 64},
+                "finetune": {"epochs": 1, "batch_size": 32, "mixup": 0.0, "cutmix": 0.0},
+                "batch_size": 64,
+                **eval_changes,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar_folder, tmp_path_factory):
+    output = tmp_path_factory.mktemp("runs")
+    recipe = make_recipe(cifar_folder, output)
+    report = run_recipe(recipe, log=lambda _: None)
+    return recipe, report
+
+
+def test_report_has_a_row_per_method_and_the_random_init(finished_run):
+    recipe, report = finished_run
+    saved = json.loads((recipe.run_dir / "report.json").read_text())
+    assert saved["rows"] == report["rows"]
+    assert [row["method"] for row in saved["rows"]] == ["mae", "random_init", "simclr"]
+    for row in saved["rows"]:
+        assert row["backbone"] == "vit_tiny/8 d1 w32 h2" and row["params"] > 0
+        for part in ("knn", "linear"):
+            assert 0.0 <= row[part]["top1"] <= row[part]["top5"] <= 1.0
+    mae, random_init, _ = saved["rows"]
+    assert mae["pretrain"]["epochs"] == 2 and mae["pretrain"]["images_per_second"] > 0
+    assert mae["pretrain"]["final_loss"] > 0 and mae["pretrain"]["peak_memory_mb"] > 0
+    assert random_init["pretrain"] is None
+    assert 0.0 <= mae["finetune"]["top1"] <= 1.0 and mae["linear"]["mode"] == "cached"
+    assert saved["dataset"] == {
+        "name": "imagefolder",
+        "root": str(recipe.data.root),
+        "train_images": 160,
+        "val_images": 50,
+        "classes": 10,
+        "image_size": 32,
+    }
+    assert saved["machine"]["cpu_cores"] >= 1 and saved["recipe"]["name"] == "cmp"
+
+
+def test_markdown_report_and_figures(finished_run):
+    recipe, report = finished_run
+    text = (recipe.run_dir / "report.md").read_text()
+    assert "| method | backbone |" in text and "| random_init |" in text
+    assert "k-NN: k=10" in text and "```yaml" in text
+    for name in report["figures"].values():
+        path = recipe.run_dir / "figures" / name
+        assert f"figures/{name}" in text
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    assert set(report["figures"].values()) == {
+        "loss_curves.png",
+        "accuracy.png",
+        "mae_reconstructions.png",
+    }
+
+
+def test_rerun_reuses_checkpoints_and_evaluations(finished_run):
+    recipe, report = finished_run
+    checkpoint = recipe.method_dir(0) / "checkpoints" / "last.ckpt"
+    evaluations = recipe.method_dir(0) / "eval.json"
+    stamps = checkpoint.stat().st_mtime_ns, evaluations.stat().st_mtime_ns
+    again = run_recipe(recipe, log=lambda _: None)
+    assert (checkpoint.stat().st_mtime_ns, evaluations.stat().st_mtime_ns) == stamps
+    assert again["rows"] == report["rows"]
+
+
+def test_a_changed_protocol_redoes_only_that_part(finished_run, cifar_folder):
+    recipe, report = finished_run
+    changed = make_recipe(cifar_folder, recipe.output_dir, linear={"epochs": 3, "batch_size": 64})
+    rows = run_recipe(changed, log=lambda _: None)["rows"]
+    assert rows[0]["linear"]["epochs"] == 3 and report["rows"][0]["linear"]["epochs"] == 5
+    assert rows[0]["knn"] == report["rows"][0]["knn"]
+    assert rows[0]["finetune"] == report["rows"][0]["finetune"]
+
+
+def test_half_finished_run_trains_only_what_is_missing(cifar_folder, tmp_path):
+    recipe = make_recipe(cifar_folder, tmp_path, finetune=None)
+    pretrain(recipe, 0)  # the first method was done before the run stopped
+    first = recipe.method_dir(0) / "checkpoints" / "last.ckpt"
+    stamp = first.stat().st_mtime_ns
+    report = run_recipe(recipe, log=lambda _: None)
+    assert first.stat().st_mtime_ns == stamp
+    assert (recipe.method_dir(1) / "checkpoints" / "last.ckpt").is_file()
+    assert [row["method"] for row in report["rows"]] == ["mae", "random_init", "simclr"]
