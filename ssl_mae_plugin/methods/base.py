@@ -31,6 +31,8 @@ OPTIMIZERS = ("adamw", "lars", "sgd")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops before the weights are touched."""
+
+
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
 
 
