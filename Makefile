@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/python -m ssl_mae_plugin.demo
+	$(BIN)/ssl-mae run recipes/quickstart.yaml
 
 lint: setup
 	$(BIN)/ruff check .

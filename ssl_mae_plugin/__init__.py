@@ -3,6 +3,14 @@
 - [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
 """
 
+import os
+import sys
+
+if "torch" not in sys.modules:
+    # Waiting OpenMP threads sleep instead of spinning, so that data-loader workers sharing
+    # the cores are not starved (measured: +30 % MAE images/s on 2 cores, see the README).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from ssl_mae_plugin.mae import (
     MAE,
     MAEOutput,

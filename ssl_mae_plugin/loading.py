@@ -11,12 +11,12 @@ checkpoint (even mid-epoch) sees exactly the batches an uninterrupted run sees, 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 MASK64 = (1 << 64) - 1
 
@@ -117,8 +117,8 @@ class SeededViews(Dataset):
 
     Items are ``(views, label, sample_seed)``, the triple lightly's ``MultiViewCollate``
     expects (its third slot, usually a filename, carries the seed). The torch, numpy and
-    ``random`` generators are reseeded for each sample and restored afterwards, so the
-    caller's global RNG state is untouched.
+    ``random`` generators are reseeded for each sample; in the main process (no loader
+    workers) they are restored afterwards, so the caller's global RNG state is untouched.
 
     Args:
         dataset: Yields ``(image, label)``.
@@ -138,23 +138,60 @@ class SeededViews(Dataset):
         index, epoch = key
         seed = sample_seed(self.seed, epoch, index)
         image, label = self.dataset[index]
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % (1 << 32))
-            views = self.transform(image)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
+        in_main_process = get_worker_info() is None  # a worker's RNGs are its own
+        if in_main_process:
+            saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        torch.default_generator.manual_seed(seed)  # torchvision draws from it
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))  # lightly's blur and solarization draw from it
+        views = self.transform(image)
+        if in_main_process:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
         if isinstance(views, torch.Tensor):
             views = [views]
         return list(views), int(label), seed
 
 
-def noise_from_seeds(seeds: list[int] | torch.Tensor, length: int, device: Any) -> torch.Tensor:
-    """Per-sample uniform noise ``[N, length]``, each row drawn from its sample's seed."""
-    rows = [
-        torch.rand(length, generator=torch.Generator().manual_seed(int(seed) ^ 0x5EED))
-        for seed in seeds
-    ]
-    return torch.stack(rows).to(device, non_blocking=True)
+class SeededIndices(Dataset):
+    """``(index, label, sample_seed)`` per ``(index, epoch)`` key, for images kept on device.
+
+    The views are made on the device from the seeds (see :mod:`ssl_mae_plugin.augment`).
+    """
+
+    def __init__(self, targets: list[int], seed: int = 0) -> None:
+        self.targets = list(targets)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, int]:
+        index, epoch = key
+        return index, int(self.targets[index]), sample_seed(self.seed, epoch, index)
+
+
+def uniform_from_seeds(seeds: Sequence[int], count: int, stream: int = 0) -> np.ndarray:
+    """``[N, count]`` uniform floats in ``[0, 1)``: a counter-based stream per seed.
+
+    Vectorised splitmix64 of ``(seed, stream, counter)``; ``stream`` separates independent
+    uses of the same sample seed (masks, crops).
+    """
+    seed_array = np.asarray([int(s) for s in seeds], dtype=np.uint64)
+    counters = np.arange(1, count + 1, dtype=np.uint64) + np.uint64(stream << 32)
+    with np.errstate(over="ignore"):
+        z = seed_array[:, None] + counters[None, :] * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+MASK_STREAM, CROP_STREAM = 1, 2
+
+
+def noise_from_seeds(seeds: Sequence[int], length: int, device: Any) -> torch.Tensor:
+    """Per-sample uniform masking noise ``[N, length]``, each row from its sample's seed."""
+    noise = uniform_from_seeds(seeds, length, stream=MASK_STREAM)
+    return torch.from_numpy(noise).to(device, non_blocking=True)  # float64: no ties

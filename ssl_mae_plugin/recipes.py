@@ -47,6 +47,7 @@ class DataConfig:
     std: list[float] | None = None
     max_train_images: int | None = None  # a fixed, class-balanced subset (quick runs)
     max_val_images: int | None = None
+    in_memory: bool = False  # decode the training images once, crop + flip on the device
 
 
 @dataclass
@@ -410,7 +411,7 @@ def _method_entry(entry: Any, recipe: Recipe, key: str) -> dict[str, Any]:
     for shared in SHARED_KEYS:
         if shared not in entry:
             checked[shared] = getattr(recipe.pretrain, shared)
-    _check_method_values(checked, parameters, recipe, key)
+    _check_method_values(checked, method, parameters, recipe, key)
     return checked
 
 
@@ -424,7 +425,11 @@ def _constructor_hints(method: type[SSLMethod]) -> dict[str, Any]:
 
 
 def _check_method_values(
-    entry: dict[str, Any], parameters: dict[str, inspect.Parameter], recipe: Recipe, key: str
+    entry: dict[str, Any],
+    method_class: type[SSLMethod],
+    parameters: dict[str, inspect.Parameter],
+    recipe: Recipe,
+    key: str,
 ) -> None:
     backbone = entry.get("backbone", parameters["backbone"].default)
     if not is_known_backbone(backbone):
@@ -437,6 +442,11 @@ def _check_method_values(
         raise RecipeError(
             f"data.image_size={recipe.data.image_size} is not divisible by "
             f"{key}.patch_size={patch_size}"
+        )
+    if recipe.data.in_memory and method_class.device_crop_scale is None:
+        raise RecipeError(
+            f"data.in_memory makes MAE's crop + flip views on the device; {key}.name "
+            f"{entry['name']!r} needs its own transform (set data.in_memory=false)"
         )
     mask_ratio = entry.get("mask_ratio")
     if mask_ratio is not None and not 0 <= mask_ratio < 1:

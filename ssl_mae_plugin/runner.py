@@ -55,6 +55,7 @@ from ssl_mae_plugin.training import (
     load_pretrained,
     normalization_of,
     pretrain,
+    show_progress,
     summarize,
 )
 
@@ -174,7 +175,7 @@ class Evaluator:
             needs_features = part == "knn" or (part == "linear" and config.mode == "cached")
             if needs_features and features is None:
                 features = self._features(module, folder, identity)
-            logger.info("evaluating %s: %s", folder.name, part)
+            logger.debug("evaluating %s: %s", folder.name, part)
             results[part] = run(module, config, features)
             cache[part] = {"key": key, "result": results[part]}
             write_atomic(cache_path, json.dumps(cache, indent=2))
@@ -220,7 +221,7 @@ class Evaluator:
                     loader,
                     device=self.device,
                     precision=precision,
-                    progress=self.recipe.trainer.progress_bar,
+                    progress=show_progress(self.recipe),
                 )
 
             if self.recipe.eval.cache_features:
@@ -274,7 +275,7 @@ class Evaluator:
                 num_workers=self.recipe.data.num_workers,
                 accelerator=self.accelerator,
                 precision=self.precision,
-                progress=self.recipe.trainer.progress_bar,
+                progress=show_progress(self.recipe),
                 **options,
             )
         result.pop("history", None)
@@ -304,7 +305,7 @@ class Evaluator:
             accelerator=self.accelerator,
             precision=self.precision,
             seed=self.recipe.seed,
-            progress=self.recipe.trainer.progress_bar,
+            progress=show_progress(self.recipe),
         )
         result.pop("history", None)
         return result

@@ -28,13 +28,14 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from ssl_mae_plugin.augment import DeviceCropFlip, load_uint8
 from ssl_mae_plugin.data import (
     Normalization,
     build_dataset,
     default_normalization,
     limit_dataset,
 )
-from ssl_mae_plugin.loading import EpochSampler, SeededViews
+from ssl_mae_plugin.loading import EpochSampler, SeededIndices, SeededViews
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.methods.registry import get_method
 from ssl_mae_plugin.recipes import Recipe
@@ -120,6 +121,8 @@ class PretrainData(pl.LightningDataModule):
         num_workers: Loader processes per device.
         start_epoch: Epoch to start in (resume).
         skip_batches: Batches of ``start_epoch`` already done (resume).
+        device_transform: Keep the images in memory as uint8 and make the views with it on
+            the training device instead of ``transform`` in the loader processes.
     """
 
     def __init__(
@@ -131,9 +134,15 @@ class PretrainData(pl.LightningDataModule):
         num_workers: int,
         start_epoch: int = 0,
         skip_batches: int = 0,
+        device_transform: DeviceCropFlip | None = None,
     ) -> None:
         super().__init__()
-        self.views = SeededViews(dataset, transform, seed=seed)
+        self.device_transform = device_transform
+        if device_transform is None:
+            self.items: Any = SeededViews(dataset, transform, seed=seed)
+        else:
+            self.items = SeededIndices(dataset.targets, seed=seed)
+            self.images = load_uint8(dataset, num_workers)  # [N, 3, H, W], moved on first use
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -148,7 +157,7 @@ class PretrainData(pl.LightningDataModule):
             raise ValueError(f"batch_size={self.batch_size} is not divisible by {world} devices")
         per_rank = self.batch_size // world
         sampler = EpochSampler(
-            len(self.views),
+            len(self.items),
             batch_size=per_rank,
             seed=self.seed,
             num_replicas=world,
@@ -156,16 +165,28 @@ class PretrainData(pl.LightningDataModule):
             start_epoch=self.start_epoch,
             skip_batches=self.skip_batches,
         )
+        in_memory = self.device_transform is not None
+        workers = 0 if in_memory else self.num_workers  # in memory: only indices to batch
         return DataLoader(
-            self.views,
+            self.items,
             batch_size=per_rank,
             sampler=sampler,
-            collate_fn=MultiViewCollate(),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            collate_fn=None if in_memory else MultiViewCollate(),
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,  # the sampler already yields whole batches
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """In memory: turn ``(indices, labels, seeds)`` into views on the device."""
+        if self.device_transform is None:
+            return batch
+        indices, labels, seeds = batch
+        if self.images.device != indices.device:
+            self.images = self.images.to(indices.device)
+        seed_list = seeds.tolist()
+        return [self.device_transform(self.images[indices], seed_list)], labels, seed_list
 
 
 def peak_memory() -> tuple[float, str]:
@@ -178,12 +199,14 @@ def peak_memory() -> tuple[float, str]:
 class EpochMetrics(Callback):
     """Appends one row per epoch to ``metrics.csv``: loss, lr, seconds, images/s, memory.
 
-    Rows of epochs that are trained again after a resume replace the earlier ones.
+    Rows of epochs that are trained again after a resume replace the earlier ones. With
+    ``announce``, a line per epoch is printed too (for logs without a progress bar).
     """
 
-    def __init__(self, path: Path, global_batch: int) -> None:
+    def __init__(self, path: Path, global_batch: int, announce: bool = False) -> None:
         self.path = path
         self.global_batch = global_batch
+        self.announce = announce
         self._start = 0.0
         self._first_step = 0
 
@@ -213,6 +236,12 @@ class EpochMetrics(Callback):
         if trainer.is_global_zero:
             rows = [r for r in read_metrics(self.path) if int(r["epoch"]) < row["epoch"]]
             write_metrics(self.path, [*rows, row])
+            if self.announce:
+                print(
+                    f"  epoch {row['epoch'] + 1}/{trainer.max_epochs}: loss {row['loss']:.4f}, "
+                    f"{row['images_per_second']:.0f} images/s, {seconds:.1f} s",
+                    flush=True,
+                )
 
 
 class RunInfo(Callback):
@@ -349,6 +378,11 @@ def summarize(recipe: Recipe, index: int) -> PretrainResult:
     )
 
 
+def show_progress(recipe: Recipe) -> bool:
+    """Progress bars when the recipe asks for them and a terminal is there to show them."""
+    return recipe.trainer.progress_bar and sys.stderr.isatty()
+
+
 def build_trainer(
     recipe: Recipe, method_dir: Path, steps_per_epoch: int, normalization: Normalization
 ) -> pl.Trainer:
@@ -361,7 +395,11 @@ def build_trainer(
         "enable_version_counter": False,
     }
     callbacks: list[Callback] = [
-        EpochMetrics(method_dir / "metrics.csv", recipe.pretrain.batch_size),
+        EpochMetrics(
+            method_dir / "metrics.csv",
+            recipe.pretrain.batch_size,
+            announce=not show_progress(recipe),
+        ),
         RunInfo(recipe, normalization),
         GracefulInterrupt(checkpoint_dir / f"{CHECKPOINT_NAME}.ckpt"),
         ModelCheckpoint(**checkpoint_options, every_n_epochs=1, save_on_train_epoch_end=True),
@@ -382,7 +420,7 @@ def build_trainer(
         strategy=trainer_config.strategy,
         logger=CSVLogger(method_dir, name="logs"),
         callbacks=callbacks,
-        enable_progress_bar=trainer_config.progress_bar,
+        enable_progress_bar=show_progress(recipe),
         enable_model_summary=False,
         log_every_n_steps=max(1, min(trainer_config.log_every_n_steps, steps_per_epoch)),
         use_distributed_sampler=False,
@@ -413,6 +451,11 @@ def pretrain(recipe: Recipe, index: int) -> PretrainResult:
     module = build_method(recipe, index, num_classes=len(dataset.classes))
     normalization = normalization_of(recipe)
     transform = module.default_transform(normalization)
+    device_transform = None
+    if recipe.data.in_memory:
+        device_transform = DeviceCropFlip(
+            recipe.data.image_size, normalization, module.device_crop_scale
+        )
     data = PretrainData(
         dataset,
         transform,
@@ -421,6 +464,7 @@ def pretrain(recipe: Recipe, index: int) -> PretrainResult:
         num_workers=recipe.data.num_workers,
         start_epoch=start_epoch,
         skip_batches=skip_batches,
+        device_transform=device_transform,
     )
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")

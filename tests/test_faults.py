@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,10 +67,11 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         pretrain={"epochs": 3, "batch_size": 16, "checkpoint_every_n_steps": 1},
     )
     raw["methods"][0]["blr"] = 1e5
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 3 \(epoch 0"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step") as error:
         pretrain(recipe_from_dict(raw), 0)
+    step = int(re.search(r"at step (\d+) \(epoch 0, batch \1\)", str(error.value)).group(1))
     checkpoint = tmp_path / "t" / "mae" / "checkpoints" / "last.ckpt"
-    assert data_position(checkpoint) == (0, 3)
+    assert step >= 1 and data_position(checkpoint) == (0, step)  # saved after the last good step
     weights = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert all(torch.isfinite(value).all() for value in weights.values())
 

@@ -8,10 +8,24 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+from timm.models._manipulate import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from ssl_mae_plugin.mae.pos_embed import sincos_2d
+
+
+def run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """Run transformer blocks, each under (non-reentrant) gradient checkpointing if asked.
+
+    Checkpointing stores only each block's input and recomputes the block in the backward
+    pass: less activation memory for one more forward of the blocks. It is skipped when no
+    gradients are being recorded.
+    """
+    if grad_checkpointing and torch.is_grad_enabled():
+        return checkpoint_seq(blocks, x, use_reentrant=False)
+    return blocks(x)
 
 
 class MAEDecoder(nn.Module):
@@ -64,6 +78,7 @@ class MAEDecoder(nn.Module):
         )
         self.norm = norm_layer(embed_dim)
         self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
+        self.grad_checkpointing = False
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict the pixels of every patch.
@@ -84,6 +99,39 @@ class MAEDecoder(nn.Module):
             patches, dim=1, index=ids_restore.unsqueeze(-1).expand(-1, -1, dim)
         )  # [N, L, D], image order
         x = torch.cat([x[:, :1, :], patches], dim=1) + self.pos_embed  # [N, 1 + L, D]
-        x = self.blocks(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         x = self.norm(x)
         return self.pred(x[:, 1:, :])  # [N, L, p*p*C]
+
+    def forward_removed(self, latent: torch.Tensor, ids_shuffle: torch.Tensor) -> torch.Tensor:
+        """Predict the pixels of the removed patches only (the training path).
+
+        The same function as :meth:`forward` restricted to the removed patches, computed
+        without unshuffling: the blocks are permutation-equivariant (attention with no
+        mask or relative bias, per-token MLP and norm), so the tokens stay in shuffled
+        order, cls + visible + mask tokens, and each takes its position from the fixed
+        table looked up by ``ids_shuffle``. The removed tokens are then a contiguous slice:
+        no gather of activations, no scatter in the backward pass, and the final norm and
+        pixel head run on the removed tokens only.
+
+        Args:
+            latent: Encoder output ``[N, 1 + len_keep, D_enc]``, cls token first, visible
+                tokens in the order of ``ids_shuffle[:, :len_keep]``.
+            ids_shuffle: ``[N, L]`` patch indices, visible ones first (see
+                :func:`~ssl_mae_plugin.mae.masking.shuffle_ids`).
+
+        Returns:
+            ``[N, L - len_keep, p*p*C]`` predicted pixels of patches
+            ``ids_shuffle[:, len_keep:]``, in that order.
+        """
+        x = self.embed(latent)  # [N, 1 + len_keep, D]
+        n, num_visible = x.shape[0], x.shape[1] - 1
+        length = ids_shuffle.shape[1]
+        mask_tokens = self.mask_token.to(x.dtype).expand(n, length - num_visible, -1)
+        x = torch.cat([x, mask_tokens], dim=1)  # [N, 1 + L, D]: cls, visible, removed
+        # Position row of every token: 0 for cls, 1 + patch index for the patches.
+        rows = torch.cat([ids_shuffle.new_zeros(n, 1), ids_shuffle + 1], dim=1)  # [N, 1 + L]
+        x = x + F.embedding(rows, self.pos_embed[0])  # [N, 1 + L, D]
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
+        x = self.norm(x[:, 1 + num_visible :, :])  # [N, L - len_keep, D], removed only
+        return self.pred(x)  # [N, L - len_keep, p*p*C]

@@ -36,6 +36,44 @@ def check_mask_ratio(mask_ratio: float) -> None:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
 
 
+def shuffle_ids(
+    num_samples: int,
+    num_patches: int,
+    noise: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Per-sample patch order of the masking shuffle: ``argsort`` of the noise [0].
+
+    The first ``len_keep`` entries of each row are the visible patches, the rest the
+    removed ones; :func:`random_masking` and :meth:`MAE.training_loss` share this draw, so
+    the same ``noise`` removes the same patches in both.
+
+    Args:
+        num_samples: Batch size ``N``.
+        num_patches: Patches per image ``L``.
+        noise: Optional ``[N, L]`` noise; uniform random noise is drawn when omitted.
+        device: Where to draw the noise when ``noise`` is omitted.
+
+    Returns:
+        ``ids_shuffle`` ``[N, L]`` (int64): patch indices sorted by ascending noise.
+
+    Raises:
+        ValueError: If ``noise`` has the wrong shape.
+    """
+    if noise is None:
+        noise = torch.rand(num_samples, num_patches, device=device)
+    elif tuple(noise.shape) != (num_samples, num_patches):
+        raise ValueError(
+            f"noise must have shape ({num_samples}, {num_patches}), got {tuple(noise.shape)}"
+        )
+    return torch.argsort(noise, dim=1)  # ascending: small noise is kept
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``x[i, ids[i]]`` for every sample: ``[N, L, D]`` and ``[N, K]`` -> ``[N, K, D]``."""
+    return torch.gather(x, dim=1, index=ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 def random_masking(
     x: torch.Tensor,
     mask_ratio: float,
@@ -57,20 +95,18 @@ def random_masking(
     Raises:
         ValueError: If ``mask_ratio`` is outside ``[0, 1)`` or ``noise`` has the wrong shape.
     """
-    n, length, dim = x.shape
+    n, length, _ = x.shape
     len_keep = num_kept(length, mask_ratio)
-    if noise is None:
-        noise = torch.rand(n, length, device=x.device)
-    elif tuple(noise.shape) != (n, length):
-        raise ValueError(f"noise must have shape ({n}, {length}), got {tuple(noise.shape)}")
-
-    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small noise is kept
+    ids_shuffle = shuffle_ids(n, length, noise=noise, device=x.device)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    kept = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+    kept = gather_tokens(x, ids_shuffle[:, :len_keep])
+    return Masking(kept=kept, mask=restore_mask(ids_restore, len_keep), ids_restore=ids_restore)
 
-    # A patch is removed when its rank in the shuffle is len_keep or more; indexing by
-    # ids_restore puts the mask in the original patch order. float32 even under autocast,
-    # so that mask.sum() stays exact for large batches.
-    mask = (ids_restore >= len_keep).to(torch.float32)
-    return Masking(kept=kept, mask=mask, ids_restore=ids_restore)
+
+def restore_mask(ids_restore: torch.Tensor, len_keep: int) -> torch.Tensor:
+    """Binary mask ``[N, L]`` in the original patch order: 1 removed, 0 visible.
+
+    A patch is removed when its rank in the shuffle is ``len_keep`` or more. float32 even
+    under autocast, so that ``mask.sum()`` stays exact for large batches.
+    """
+    return (ids_restore >= len_keep).to(torch.float32)

@@ -10,14 +10,21 @@ from os import PathLike
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ssl_mae_plugin.backbones import VIT_SIZES
 from ssl_mae_plugin.mae import checkpoints
-from ssl_mae_plugin.mae.decoder import MAEDecoder
-from ssl_mae_plugin.mae.loss import masked_mse_loss
-from ssl_mae_plugin.mae.masking import check_mask_ratio, random_masking
+from ssl_mae_plugin.mae.decoder import MAEDecoder, run_blocks
+from ssl_mae_plugin.mae.loss import masked_mse_loss, removed_patches_mse
+from ssl_mae_plugin.mae.masking import (
+    check_mask_ratio,
+    gather_tokens,
+    num_kept,
+    restore_mask,
+    shuffle_ids,
+)
 from ssl_mae_plugin.mae.patches import patchify
 from ssl_mae_plugin.mae.pos_embed import sincos_2d
 
@@ -182,6 +189,47 @@ class MAE(nn.Module):
                 f"images are {tuple(images.shape[-2:])} but the model's img_size is {self.img_size}"
             )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn gradient checkpointing of the encoder and decoder blocks on or off.
+
+        Each block is recomputed in the backward pass instead of storing its activations
+        (timm's ``checkpoint_seq``, non-reentrant). Saves most of the activation memory of
+        large ViTs for about one more forward pass of the blocks; the loss and gradients
+        are unchanged.
+
+        Args:
+            enable: Checkpoint (``True``) or store activations as usual (``False``).
+        """
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
+    def encode_visible(self, patches: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Encode the visible patches of each image.
+
+        Equivalent to the paper's patch embedding of all patches, adding positions and
+        gathering the visible ones, but only the visible patches' pixels are gathered and
+        projected: the convolution of the patch embedding is a linear map of each
+        flattened patch.
+
+        Args:
+            patches: ``[N, L, p*p*C]`` from :func:`patchify` (channels last in a patch).
+            ids_keep: ``[N, len_keep]`` indices of the visible patches.
+
+        Returns:
+            The latent ``[N, 1 + len_keep, D]``: cls first, then the visible tokens in the
+            order of ``ids_keep``.
+        """
+        encoder = self.encoder
+        proj = encoder.patch_embed.proj  # Conv2d, kernel = stride = patch
+        # [D, C, p, p] -> [D, p*p*C], the layout of patchify's flattened patches.
+        weight = proj.weight.permute(0, 2, 3, 1).flatten(1)
+        x = F.linear(gather_tokens(patches, ids_keep), weight, proj.bias)  # [N, len_keep, D]
+        x = x + F.embedding(ids_keep, encoder.pos_embed[0, 1:, :])  # positions of those patches
+        cls = encoder.cls_token + encoder.pos_embed[:, :1, :]
+        x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # [N, 1 + len_keep, D]
+        x = run_blocks(encoder.blocks, x, encoder.grad_checkpointing)
+        return encoder.norm(x)
+
     def forward_encoder(
         self,
         images: torch.Tensor,
@@ -194,14 +242,12 @@ class MAE(nn.Module):
             The latent ``[N, 1 + len_keep, D]`` (cls first), the mask ``[N, L]`` and
             ``ids_restore`` ``[N, L]``.
         """
-        encoder = self.encoder
-        x = encoder.patch_embed(images)  # [N, L, D]
-        x = x + encoder.pos_embed[:, 1:, :]
-        x, mask, ids_restore = random_masking(x, mask_ratio, noise=noise)  # [N, len_keep, D]
-        cls = encoder.cls_token + encoder.pos_embed[:, :1, :]
-        x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # [N, 1 + len_keep, D]
-        x = encoder.blocks(x)
-        return encoder.norm(x), mask, ids_restore
+        len_keep = num_kept(self.num_patches, mask_ratio)
+        ids_shuffle = shuffle_ids(images.shape[0], self.num_patches, noise, images.device)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        patches = patchify(images, self.patch_size)  # [N, L, p*p*C]
+        latent = self.encode_visible(patches, ids_shuffle[:, :len_keep])
+        return latent, restore_mask(ids_restore, len_keep), ids_restore
 
     def forward(
         self,
@@ -210,6 +256,8 @@ class MAE(nn.Module):
         noise: torch.Tensor | None = None,
     ) -> MAEOutput:
         """Mask, encode, decode and score a batch.
+
+        For training, :meth:`training_loss` gives the same loss faster.
 
         Args:
             images: ``[N, C, H, W]`` normalised images.
@@ -221,11 +269,47 @@ class MAE(nn.Module):
         """
         self.check_images(images)
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        latent, mask, ids_restore = self.forward_encoder(images, mask_ratio, noise)
-        pred = self.decoder(latent, ids_restore)  # [N, L, p*p*C]
+        len_keep = num_kept(self.num_patches, mask_ratio)
+        ids_shuffle = shuffle_ids(images.shape[0], self.num_patches, noise, images.device)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)  # [N, L]
+        mask = restore_mask(ids_restore, len_keep)  # [N, L], 1 = removed
         target = patchify(images, self.patch_size)  # [N, L, p*p*C]
+        latent = self.encode_visible(target, ids_shuffle[:, :len_keep])  # [N, 1 + K, D]
+        pred = self.decoder(latent, ids_restore)  # [N, L, p*p*C]
         loss = masked_mse_loss(pred, target, mask, norm_pix_loss=self.norm_pix_loss)
         return MAEOutput(loss=loss, pred=pred, mask=mask, ids_restore=ids_restore)
+
+    def training_loss(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of :meth:`forward` for the same ``noise``, computed for training only.
+
+        The pixel head and the loss run on the removed patches only, the decoder keeps the
+        tokens in shuffled order (see :meth:`MAEDecoder.forward_removed`), the image is
+        patchified once for the encoder input and the target, and only the removed
+        patches' targets are normalised. Shapes are static for a given ``mask_ratio``, so
+        the method compiles (``torch.compile``) into one graph.
+
+        Args:
+            images: ``[N, C, H, W]`` normalised images.
+            mask_ratio: Fraction of patches to remove; the model's default when omitted.
+            noise: Optional ``[N, L]`` noise deciding the mask (smallest values are kept).
+
+        Returns:
+            The scalar reconstruction loss.
+        """
+        self.check_images(images)
+        mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        len_keep = num_kept(self.num_patches, mask_ratio)
+        ids_shuffle = shuffle_ids(images.shape[0], self.num_patches, noise, images.device)
+        patches = patchify(images, self.patch_size)  # [N, L, p*p*C]
+        latent = self.encode_visible(patches, ids_shuffle[:, :len_keep])  # [N, 1 + K, D]
+        pred = self.decoder.forward_removed(latent, ids_shuffle)  # [N, L - K, p*p*C]
+        target = gather_tokens(patches, ids_shuffle[:, len_keep:])  # [N, L - K, p*p*C]
+        return removed_patches_mse(pred, target, norm_pix_loss=self.norm_pix_loss)
 
     def forward_features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """Features of whole images (no masking) for evaluation.

@@ -22,7 +22,7 @@ from lightly.utils.benchmarking import OnlineLinearClassifier
 from lightly.utils.lars import LARS
 from torch import Tensor, nn
 
-from ssl_mae_plugin.backbones import build_backbone
+from ssl_mae_plugin.backbones import build_backbone, is_convnet
 from ssl_mae_plugin.data import Normalization
 from ssl_mae_plugin.schedules import warmup_cosine_scheduler
 
@@ -101,6 +101,11 @@ class SSLMethod(pl.LightningModule, ABC):
 
     name: ClassVar[str] = ""
     optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults()
+    # A different recipe for ConvNet backbones (``None``: the same for every backbone).
+    convnet_optimizer_defaults: ClassVar[OptimizerDefaults | None] = None
+    # Crop-scale range when the views are RandomResizedCrop + flip alone, which
+    # ``data.in_memory`` can make on the device (``None``: not supported).
+    device_crop_scale: ClassVar[tuple[float, float] | None] = None
 
     def __init__(
         self,
@@ -144,7 +149,9 @@ class SSLMethod(pl.LightningModule, ABC):
 
     @classmethod
     def defaults_for(cls, backbone: str) -> OptimizerDefaults:
-        """The optimisation recipe for a backbone (methods may differ for ConvNets)."""
+        """The optimisation recipe for a backbone (some methods differ for ConvNets)."""
+        if cls.convnet_optimizer_defaults is not None and is_convnet(backbone):
+            return cls.convnet_optimizer_defaults
         return cls.optimizer_defaults
 
     @abstractmethod
@@ -248,6 +255,11 @@ class SSLMethod(pl.LightningModule, ABC):
         return [group for group in groups if group["params"]]
 
     @property
+    def fused_optimizer(self) -> bool:
+        """Whether every parameter is on a device with a fused AdamW (CPU, CUDA)."""
+        return all(p.device.type in ("cpu", "cuda") for p in self.parameters())
+
+    @property
     def base_lr(self) -> float:
         """``blr * batch_size / 256``, the linear scaling rule [1]."""
         return self.blr * self.batch_size / 256
@@ -256,8 +268,10 @@ class SSLMethod(pl.LightningModule, ABC):
         """The method's optimizer with per-step linear warmup and half-cycle cosine [0]."""
         groups = self.optimizer_parameters()
         defaults = self.defaults
-        if self.optimizer_name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=defaults.betas)
+        if self.optimizer_name == "adamw":  # the fused kernel: one launch for all tensors
+            optimizer = torch.optim.AdamW(
+                groups, lr=self.base_lr, betas=defaults.betas, fused=self.fused_optimizer
+            )
         elif self.optimizer_name == "lars":
             optimizer = LARS(groups, lr=self.base_lr, momentum=defaults.momentum)
         else:

@@ -100,11 +100,6 @@ class MoCoV3(TeacherStudentMethod):
         optimizer="lars", blr=0.6, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1
     )
 
-    @classmethod
-    def defaults_for(cls, backbone: str) -> OptimizerDefaults:
-        """The ConvNet recipe for ConvNets, the ViT one otherwise."""
-        return cls.convnet_optimizer_defaults if is_convnet(backbone) else cls.optimizer_defaults
-
     def __init__(
         self,
         backbone: str = "vit_tiny",

@@ -39,3 +39,31 @@ def test_features_are_the_unmasked_encoder_cls_token():
 def test_needs_a_vit():
     with pytest.raises(ValueError, match="mae needs a ViT backbone"):
         MAEMethod(backbone="resnet18", image_size=32)
+
+
+def test_grad_checkpointing_and_compile_keep_the_loss():
+    images, seeds = torch.randn(4, 3, 32, 32), [1, 2, 3, 4]
+    torch.manual_seed(0)
+    plain = MAEMethod(**TINY)
+    torch.manual_seed(0)
+    checkpointed = MAEMethod(**TINY, grad_checkpointing=True)
+    assert checkpointed.model.encoder.grad_checkpointing
+    torch.testing.assert_close(
+        checkpointed.ssl_step([images], seeds)[0], plain.ssl_step([images], seeds)[0]
+    )
+    torch.manual_seed(0)
+    compiled = MAEMethod(**TINY, compile=True)
+    torch.testing.assert_close(
+        compiled.ssl_step([images], seeds)[0], plain.ssl_step([images], seeds)[0]
+    )
+
+
+def test_training_uses_the_fast_loss_equal_to_the_full_forward():
+    model = MAEMethod(**TINY)
+    images, seeds = torch.randn(3, 3, 32, 32), [7, 8, 9]
+    from ssl_mae_plugin.loading import noise_from_seeds
+
+    noise = noise_from_seeds(seeds, model.model.num_patches, "cpu")
+    torch.testing.assert_close(
+        model.ssl_step([images], seeds)[0], model.model(images, noise=noise).loss
+    )

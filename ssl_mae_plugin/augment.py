@@ -1,0 +1,133 @@
+"""MAE's augmentation on the training device, for small datasets kept in memory as uint8.
+
+``RandomResizedCrop`` (scale ``(0.2, 1)``, ratio ``(3/4, 4/3)``) + horizontal flip +
+normalisation, as lightly's ``MAETransform``, but for a whole batch at once: crop boxes
+are drawn on the host from each sample's seed (vectorised, the same sampling rule as
+torchvision's ``RandomResizedCrop.get_params``), the crops are resampled on the device by
+``torchvision.ops.roi_align`` (bilinear, 2 x 2 samples per output pixel, where the PIL
+pipeline is bicubic), then flipped and normalised. No decoding and no per-image Python on
+the hot path, so a GPU is not kept waiting by the CPU.
+
+- [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import roi_align
+
+from ssl_mae_plugin.data import Normalization
+from ssl_mae_plugin.loading import CROP_STREAM, uniform_from_seeds
+
+CROP_TRIES = 10  # as torchvision
+
+
+def crop_boxes(
+    seeds: Sequence[int],
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random-resized-crop boxes and flips, one per seed.
+
+    Ten tries of an area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``;
+    the first crop that fits is placed uniformly, else the central crop of the clamped
+    ratio (torchvision's rule).
+
+    Returns:
+        ``[N, 4]`` float boxes ``(x1, y1, x2, y2)`` in pixels and ``[N]`` bool flips.
+    """
+    u = uniform_from_seeds(
+        seeds, 2 * CROP_TRIES + 3, stream=CROP_STREAM
+    )  # area, ratio x 10; i, j, flip
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 0 : 2 * CROP_TRIES : 2])
+    aspect = np.exp(log_low + (log_high - log_low) * u[:, 1 : 2 * CROP_TRIES : 2])
+    w = np.rint(np.sqrt(target * aspect))
+    h = np.rint(np.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # [N, tries]
+    first = np.argmax(fits, axis=1)
+    found = fits[np.arange(len(first)), first]
+    w = w[np.arange(len(first)), first]
+    h = h[np.arange(len(first)), first]
+    top = np.floor(u[:, -3] * (height - h + 1))
+    left = np.floor(u[:, -2] * (width - w + 1))
+
+    in_ratio = width / height  # the fallback: a central crop
+    if in_ratio < ratio[0]:
+        fallback_w, fallback_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fallback_w, fallback_h = round(height * ratio[1]), height
+    else:
+        fallback_w, fallback_h = width, height
+    w = np.where(found, w, fallback_w)
+    h = np.where(found, h, fallback_h)
+    top = np.where(found, top, (height - fallback_h) // 2)
+    left = np.where(found, left, (width - fallback_w) // 2)
+    boxes = np.stack([left, top, left + w, top + h], axis=1)
+    return boxes, u[:, -1] < 0.5
+
+
+class DeviceCropFlip:
+    """Batched ``RandomResizedCrop`` + flip + normalise of uint8 images on their device.
+
+    Args:
+        size: Output side in pixels.
+        normalization: Input normalisation.
+        scale: Area fraction range of the crops (MAE: ``(0.2, 1)``).
+    """
+
+    def __init__(
+        self, size: int, normalization: Normalization, scale: tuple[float, float] = (0.2, 1.0)
+    ) -> None:
+        self.size = size
+        self.scale = scale
+        self.mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """``[N, C, size, size]`` normalised views of ``[N, C, H, W]`` uint8 images."""
+        n, _, height, width = images.shape
+        boxes, flips = crop_boxes(seeds, height, width, self.scale)
+        device = images.device
+        rois = torch.cat(
+            [torch.arange(n, dtype=torch.float32)[:, None], torch.from_numpy(boxes).float()],
+            dim=1,
+        ).to(device)
+        crops = roi_align(
+            images.float(), rois, output_size=self.size, sampling_ratio=2, aligned=True
+        )  # [N, C, size, size], 0..255
+        flip = torch.from_numpy(flips).to(device).view(-1, 1, 1, 1)
+        crops = torch.where(flip, crops.flip(-1), crops)
+        mean, std = self.mean.to(device), self.std.to(device)
+        return (crops / 255.0 - mean) / std
+
+
+def _stack_uint8(batch: list[tuple[object, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = [np.asarray(image, dtype=np.uint8) for image, _ in batch]
+    shapes = {p.shape for p in pixels}
+    if len(shapes) != 1:
+        raise ValueError(f"data.in_memory needs images of one size, found {sorted(shapes)}")
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)  # [B, 3, H, W]
+    return images, torch.tensor([label for _, label in batch])
+
+
+def load_uint8(dataset: Dataset, num_workers: int = 0) -> torch.Tensor:
+    """Decode a whole dataset of RGB PIL images into one ``[N, 3, H, W]`` uint8 tensor.
+
+    Raises:
+        ValueError: If the images do not all have the same size.
+    """
+    loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=_stack_uint8)
+    parts = [images for images, _ in loader]
+    sizes = {tuple(part.shape[1:]) for part in parts}
+    if len(sizes) != 1:
+        raise ValueError(f"data.in_memory needs images of one size, found {sorted(sizes)}")
+    return torch.cat(parts)
