@@ -30,7 +30,7 @@ OPTIMIZERS = ("adamw", "lars", "sgd")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops before the weights are touched."""
+    """The loss or its gradients became NaN or infinite (training stops before a step)."""
 
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
@@ -239,6 +239,26 @@ class SSLMethod(pl.LightningModule, ABC):
             f"{self.current_epoch}, batch {batch_idx}); stopped before updating the weights, "
             "the last checkpoint is kept. Lower the learning rate or use precision 32"
         )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a step with non-finite gradients (a finite loss can still have them).
+
+        Skipped under 16-bit mixed precision, whose gradient scaler skips such steps itself.
+        After DDP's all-reduce every rank holds the same gradients and decides alike.
+
+        Raises:
+            NonFiniteLossError: Naming the step.
+        """
+        if str(self.trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+        if not torch.isfinite(norm):
+            raise NonFiniteLossError(
+                f"non-finite gradients at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {self._batches_done - 1}); stopped before updating the weights, the "
+                "last checkpoint is kept. Lower the learning rate or use precision 32"
+            )
 
     def optimizer_parameters(self) -> list[dict[str, Any]]:
         """Parameter groups: the method's networks, then the online probe (no decay)."""

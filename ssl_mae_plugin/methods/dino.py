@@ -226,6 +226,7 @@ class DINO(TeacherStudentMethod):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Keep the last layer fixed in the first epoch(s); follow the weight decay schedule."""
+        super().on_before_optimizer_step(optimizer)
         self.projection_head.cancel_last_layer_gradients(self.current_epoch)
         weight_decay = cosine_schedule(
             step=self.global_step,
