@@ -109,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: each side's default (ours compiles its training loss on CUDA, lightly's "
         "benchmark does not compile); on: both compile their loss step; off: neither",
     )
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="ours keeps the training images decoded as uint8 and makes MAE's crop + flip "
+        "views on the device (recipe data.in_memory); lightly's side is unchanged",
+    )
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--embed-dim", type=int, default=192)
@@ -178,6 +184,7 @@ def spec_of(args: argparse.Namespace) -> dict[str, Any]:
         "accelerator": "gpu" if args.device == "cuda" else "cpu",
         "precision": args.precision,
         "compile": args.compile,
+        "in_memory": args.in_memory,
         "arch": arch_of(args),
         "mask_ratio": args.mask_ratio,
         "norm_pix_loss": True,
@@ -223,6 +230,7 @@ def ours_recipe(spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
             "num_workers": spec["num_workers"],
             "max_train_images": spec["images"],
             "max_val_images": spec["batch"],  # only checked to exist by `pretrain`
+            "in_memory": spec["in_memory"],
         },
         "methods": [method],
         "pretrain": {

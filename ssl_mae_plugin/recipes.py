@@ -27,8 +27,9 @@ class RecipeError(ValueError):
     """A recipe problem; the message names the key and the offending value."""
 
 
-def _choice(default: Any, choices: tuple[Any, ...], doc: str = "") -> Any:
-    return field(default=default, metadata={"choices": choices, "doc": doc})
+def _choice(default: Any, choices: tuple[Any, ...]) -> Any:
+    """A field whose value must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass
@@ -202,7 +203,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
-        node = _child(node, part, ".".join(parts[: depth + 1]), create=True)
+        node = _child(node, part, ".".join(parts[: depth + 1]))
     last = parts[-1]
     if isinstance(node, list):
         index = _list_index(node, last, key)
@@ -213,12 +214,13 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise RecipeError(f"override {key!r}: {'.'.join(parts[:-1])} is not a mapping or list")
 
 
-def _child(node: Any, part: str, path: str, create: bool) -> Any:
+def _child(node: Any, part: str, path: str) -> Any:
+    """The item ``part`` of a mapping or list; a missing (or null) section becomes ``{}``."""
     if isinstance(node, list):
         return node[_list_index(node, part, path)]
     if not isinstance(node, dict):
         raise RecipeError(f"override {path!r}: the parent is not a mapping or list")
-    if node.get(part) is None and create:
+    if node.get(part) is None:
         node[part] = {}
     return node[part]
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 
-from ssl_mae_plugin.training import read_metrics
+from ssl_mae_plugin.callbacks import read_metrics
 
 PART_NAMES = {"knn": "k-NN", "linear": "linear probe", "finetune": "fine-tune"}
 FIGURES = {

@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 
 from ssl_mae_plugin.augment import DeviceCropFlip, crop_boxes, load_uint8
+from ssl_mae_plugin.callbacks import read_metrics
 from ssl_mae_plugin.data import Normalization
 from ssl_mae_plugin.recipes import RecipeError, recipe_from_dict
-from ssl_mae_plugin.training import pretrain, read_metrics
+from ssl_mae_plugin.training import pretrain
 from tests.test_training import tiny_recipe
 
 UNIT = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
+from ssl_mae_plugin.callbacks import read_metrics
 from ssl_mae_plugin.recipes import recipe_from_dict
-from ssl_mae_plugin.training import data_position, pretrain, read_metrics
+from ssl_mae_plugin.training import data_position, pretrain
 
 TINY_MAE = {
     "name": "mae",

@@ -12,10 +12,11 @@ from lightly.data import MultiViewCollate
 from PIL import Image
 from torch import nn
 
+from ssl_mae_plugin.callbacks import read_metrics
 from ssl_mae_plugin.data import NORMALIZATIONS
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.recipes import Recipe, recipe_from_dict
-from ssl_mae_plugin.training import build_method, pretrain, read_metrics
+from ssl_mae_plugin.training import build_method, pretrain
 
 CIFAR_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10" / "train"
 NORMALIZATION = NORMALIZATIONS["cifar10"]
