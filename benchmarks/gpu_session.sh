@@ -8,9 +8,10 @@
 #   OUT=<results folder> bash benchmarks/gpu_session.sh STAGE...
 # Stages: setup (install + unpack; always first), smoke (every CIFAR recipe method for one
 # short epoch on the GPU, evaluated), throughput (ViT-B/16 and ViT-Tiny/4 train steps: ours
-# vs lightly vs HF), e2e (ssl-mae pretrain vs lightly's MAE code path on the JPEGs, and
+# vs lightly vs HF), mfu (ours' ViT-B/16 at batch 512, compiled), e2e (ssl-mae pretrain vs lightly's MAE code path on the JPEGs, and
 # ours from memory), recipe (recipes/cifar10_vit_tiny_mae.yaml for $RECIPE_EPOCHS epochs).
-# Everything a stage writes lands in $OUT/results.tgz; logs go to stdout too.
+# What the stages write lands in $OUT/results.tgz (no checkpoints or feature caches); the
+# recipe's report, figures and metrics also in $OUT itself; logs go to stdout too.
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 RESULTS=/tmp/gpu-results
@@ -36,7 +37,7 @@ print('timm', timm.__version__, 'lightly', lightly.__version__,
 
 smoke() {
     "${CLI[@]}" run recipes/cifar10_compare.yaml data.dataset=imagefolder "data.root=$DATA" \
-        data.max_train_images=4096 data.max_val_images=2048 pretrain.epochs=1 \
+        data.val_split=test data.max_train_images=4096 data.max_val_images=2048 pretrain.epochs=1 \
         eval.linear.epochs=2 "output_dir=$RESULTS/smoke" && cat "$RESULTS/smoke/cifar10-compare/report.md"
 }
 
@@ -51,10 +52,16 @@ throughput() {
         --out "$RESULTS/throughput_cuda_tiny32_bf16.json"
 }
 
+mfu() {
+    python3 benchmarks/throughput.py --device cuda --arch vit_base --batch 512 --models ours \
+        --precision bf16 --compile --no-eager --repeats 5 --steps 10 \
+        --out "$RESULTS/throughput_cuda_vitb16_bf16_b512.json"
+}
+
 e2e() {
     local common=("$DATA" --device cuda --precision bf16-mixed --images 50000 --batch 512
         --epochs 4 --num-workers 12)
-    python3 benchmarks/end_to_end.py "${common[@]}" --repeats 2 \
+    python3 benchmarks/end_to_end.py "${common[@]}" --repeats 1 \
         --out "$RESULTS/end_to_end_cuda.json"
     python3 benchmarks/end_to_end.py "${common[@]}" --repeats 1 --order ours --in-memory \
         --out "$RESULTS/end_to_end_cuda_in_memory.json"
@@ -62,11 +69,11 @@ e2e() {
 
 recipe() {
     "${CLI[@]}" run recipes/cifar10_vit_tiny_mae.yaml data.dataset=imagefolder "data.root=$DATA" \
-        data.in_memory=true "pretrain.epochs=$RECIPE_EPOCHS" eval.finetune.epochs=10 \
+        data.val_split=test data.in_memory=true "pretrain.epochs=$RECIPE_EPOCHS" eval.finetune.epochs=10 \
         "output_dir=$RESULTS/recipe"
     local run_dir="$RESULTS/recipe/cifar10-vit-tiny-mae"
     cat "$run_dir/report.md"
-    rm -rf "$run_dir"/*/checkpoints "$run_dir"/*/features "$run_dir"/random_init/*/features
+    cp "$run_dir"/report.* "$run_dir"/figures/*.png "$OUT/" && cp "$run_dir/mae/metrics.csv" "$OUT/"
 }
 
 status=0
@@ -77,7 +84,8 @@ for stage in "$@"; do
     code=${PIPESTATUS[0]}
     echo "=== $stage exit $code after ${SECONDS}s"
     [ "$code" = 0 ] || status=1
-    tar czf "$OUT/results.tgz" -C "$RESULTS" .  # after every stage: a timeout keeps the rest
+    # After every stage (a timeout keeps the rest); small files only: runs keep checkpoints.
+    tar czf "$OUT/results.tgz" -C "$RESULTS" --exclude="*.ckpt" --exclude="*.pt" .
     if [ "$stage" = setup ] && [ "$code" != 0 ]; then break; fi
 done
 exit $status

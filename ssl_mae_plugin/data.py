@@ -219,7 +219,14 @@ def build_dataset(
         raise DatasetUnavailableError(f"data.root is required for dataset {dataset!r}")
     root = Path(root).expanduser()
     if dataset == "imagefolder":
-        return ImageFolderDataset(root / split, on_bad_image, bad_image_log)
+        folder = root / split
+        if root.is_dir() and not folder.is_dir():
+            found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
+            raise DatasetUnavailableError(
+                f"data folder not found: {folder} (sub-folders of {root}: {found}; "
+                "choose them with data.train_split / data.val_split)"
+            )
+        return ImageFolderDataset(folder, on_bad_image, bad_image_log)
     if dataset not in ("cifar10", "cifar100", "stl10"):
         raise DatasetUnavailableError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
     if dataset.startswith("cifar") and split not in ("train", "test"):

@@ -191,7 +191,7 @@ def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     labels = [f"{r['method']}\n{r['backbone']}" for r in rows]
     width = 0.8 / len(parts)
-    figure = Figure(figsize=(max(5.0, 1.3 * len(rows) + 2), 4))
+    figure = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4))
     axes = figure.subplots()
     for offset, part in enumerate(parts):
         values = [100 * (_accuracy(r, part) or 0.0) for r in rows]

@@ -95,6 +95,13 @@ def test_real_cifar_folder_and_eval_transform(cifar_folder):
     assert large.shape == (3, 224, 224)
 
 
+def test_missing_image_folder_split_lists_the_existing_ones(tmp_path):
+    write_folder(tmp_path / "train", {"cat": 1})
+    write_folder(tmp_path / "test", {"cat": 1})
+    with pytest.raises(DatasetUnavailableError, match=r"val \(sub-folders of .*: test, train;"):
+        build_dataset("imagefolder", "val", root=tmp_path)
+
+
 def test_missing_torchvision_dataset_says_how_to_fix_it(tmp_path):
     with pytest.raises(DatasetUnavailableError, match=r"data.download=true"):
         build_dataset("cifar10", "train", root=tmp_path)
