@@ -39,7 +39,7 @@ class DataConfig:
     dataset: str = _choice("imagefolder", DATASETS)
     root: str | None = None  # imagefolder: holds <train_split>/<class>/* and <val_split>/...
     train_split: str = "train"
-    val_split: str | None = None  # null: "val" for imagefolder, "test" for the others
+    val_split: str | None = None  # null: "test"; imagefolder: "val" ("test" if only that exists)
     image_size: int = 224
     num_workers: int = 4
     download: bool = False  # cifar10/cifar100/stl10: download into root when missing
@@ -330,7 +330,11 @@ def _show(value: Any) -> str:
 
 def _fill_defaults(recipe: Recipe) -> None:
     if recipe.data.val_split is None:
-        recipe.data.val_split = "val" if recipe.data.dataset == "imagefolder" else "test"
+        recipe.data.val_split = "test"
+        if recipe.data.dataset == "imagefolder":
+            root = Path(recipe.data.root or ".").expanduser()
+            has_test_only = (root / "test").is_dir() and not (root / "val").is_dir()
+            recipe.data.val_split = "test" if has_test_only else "val"
 
 
 def _check_values(recipe: Recipe) -> None:

@@ -35,6 +35,14 @@ def test_defaults_are_filled_in():
     assert folder.data.val_split == "val"
 
 
+def test_image_folder_validation_split_falls_back_to_test(tmp_path):
+    data = {"dataset": "imagefolder", "root": str(tmp_path)}
+    (tmp_path / "test").mkdir()
+    assert recipe_from_dict({**minimal(), "data": data}).data.val_split == "test"
+    (tmp_path / "val").mkdir()
+    assert recipe_from_dict({**minimal(), "data": data}).data.val_split == "val"
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
