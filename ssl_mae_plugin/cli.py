@@ -16,7 +16,7 @@ from pathlib import Path
 from ssl_mae_plugin.data import DatasetUnavailableError
 from ssl_mae_plugin.methods.base import NonFiniteLossError
 from ssl_mae_plugin.methods.registry import get_method, list_methods
-from ssl_mae_plugin.recipes import RecipeError, load_recipe
+from ssl_mae_plugin.recipes import Recipe, RecipeError, load_recipe
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -39,12 +39,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def load_checked_recipe(args: argparse.Namespace) -> Recipe:
+    """The command's recipe with its overrides, checked against this machine's GPUs."""
+    from ssl_mae_plugin.training import check_accelerator
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_accelerator(recipe.trainer)
+    return recipe
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain every method of a recipe (resuming from last checkpoints)."""
     from ssl_mae_plugin.runner import prepare_data
     from ssl_mae_plugin.training import pretrain
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_checked_recipe(args)
     prepare_data(recipe)
     for index, entry in enumerate(recipe.methods):
         result = pretrain(recipe, index)
@@ -73,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Pretrain, evaluate and report every method of a recipe."""
     from ssl_mae_plugin.runner import run_recipe
 
-    run_recipe(load_recipe(args.recipe, args.overrides))
+    run_recipe(load_checked_recipe(args))
     return EXIT_OK
 
 
@@ -81,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the finished checkpoints of a recipe and write its report."""
     from ssl_mae_plugin.runner import run_recipe
 
-    run_recipe(load_recipe(args.recipe, args.overrides), do_pretrain=False)
+    run_recipe(load_checked_recipe(args), do_pretrain=False)
     return EXIT_OK
 
 

@@ -39,7 +39,7 @@ from ssl_mae_plugin.data import (
 from ssl_mae_plugin.loading import EpochSampler, SeededIndices, SeededViews
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.methods.registry import get_method
-from ssl_mae_plugin.recipes import Recipe
+from ssl_mae_plugin.recipes import Recipe, RecipeError, TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,26 @@ def summarize(recipe: Recipe, index: int) -> PretrainResult:
         peak_memory_mb=max(memory) if memory else None,
         memory_kind=rows[-1].get("memory_kind", "") if rows else "",
     )
+
+
+def check_accelerator(trainer: TrainerConfig) -> None:
+    """Fail before any work if ``trainer`` asks for GPUs this machine does not have.
+
+    Raises:
+        RecipeError: Naming ``trainer.accelerator`` or ``trainer.devices``.
+    """
+    if trainer.accelerator not in ("gpu", "cuda"):
+        return
+    available = torch.cuda.device_count()
+    if available == 0:
+        raise RecipeError(
+            f"trainer.accelerator is {trainer.accelerator!r} but no CUDA GPU is visible; "
+            "use trainer.accelerator=cpu (or auto)"
+        )
+    if isinstance(trainer.devices, int) and trainer.devices > available:
+        raise RecipeError(
+            f"trainer.devices={trainer.devices} but this machine has {available} CUDA GPU(s)"
+        )
 
 
 def show_progress(recipe: Recipe) -> bool:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from ssl_mae_plugin.cli import main
@@ -36,6 +37,9 @@ def test_help_everywhere(command, capsys):
     assert exit_info.value.code == 0 and "usage: ssl-mae" in capsys.readouterr().out
 
 
+GPUS = torch.cuda.device_count()
+
+
 def write_recipe(tmp_path: Path, **changes) -> Path:
     raw = {
         "name": "c",
@@ -63,6 +67,10 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
         (["eval", "{recipe}"], "no checkpoint at"),
         (["run", "{recipe}", "data.dataset=imagefolder", "data.root=/nope"], "/nope/train"),
         (["visualize", "missing.ckpt", "a.png", "--out", "o.png"], "checkpoint not found"),
+        (
+            ["pretrain", "{recipe}", "trainer.accelerator=gpu", f"trainer.devices={GPUS + 1}"],
+            r"no CUDA GPU is visible|trainer.devices=\d+ but this machine has",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, monkeypatch, capsys, args, message):
