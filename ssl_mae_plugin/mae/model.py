@@ -230,25 +230,6 @@ class MAE(nn.Module):
         x = run_blocks(encoder.blocks, x, encoder.grad_checkpointing)
         return encoder.norm(x)
 
-    def forward_encoder(
-        self,
-        images: torch.Tensor,
-        mask_ratio: float,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode a random visible subset of the patches.
-
-        Returns:
-            The latent ``[N, 1 + len_keep, D]`` (cls first), the mask ``[N, L]`` and
-            ``ids_restore`` ``[N, L]``.
-        """
-        len_keep = num_kept(self.num_patches, mask_ratio)
-        ids_shuffle = shuffle_ids(images.shape[0], self.num_patches, noise, images.device)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        patches = patchify(images, self.patch_size)  # [N, L, p*p*C]
-        latent = self.encode_visible(patches, ids_shuffle[:, :len_keep])
-        return latent, restore_mask(ids_restore, len_keep), ids_restore
-
     def forward(
         self,
         images: torch.Tensor,
