@@ -76,6 +76,13 @@ recipe() {
     cp "$run_dir"/report.* "$run_dir"/figures/*.png "$OUT/" && cp "$run_dir/mae/metrics.csv" "$OUT/"
 }
 
+STAGES=(setup smoke throughput mfu e2e recipe)
+for stage in "$@"; do
+    if [[ ! " ${STAGES[*]} " =~ [[:space:]]${stage}[[:space:]] ]]; then
+        echo "gpu_session.sh: unknown stage '$stage'; stages: ${STAGES[*]}" >&2
+        exit 2
+    fi
+done
 status=0
 for stage in "$@"; do
     echo "=== $stage $(date -u +%T)"
