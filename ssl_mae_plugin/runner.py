@@ -368,7 +368,8 @@ def run_recipe(
     pretrain_results = []
     for index, entry in enumerate(recipe.methods):
         if do_pretrain:
-            log(f"[{index + 1}/{len(recipe.methods)}] pretraining {entry['label']}")
+            if rank_zero_only.rank == 0:  # DDP's other ranks run this command too
+                log(f"[{index + 1}/{len(recipe.methods)}] pretraining {entry['label']}")
             pretrain_results.append(pretrain(recipe, index))
         else:
             pretrain_results.append(summarize(recipe, index))

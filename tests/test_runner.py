@@ -1,8 +1,12 @@
 """``ssl-mae run`` end to end on real CIFAR-10 JPEGs: report contents, figures, reuse."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import yaml
 from PIL import Image
 
 from ssl_mae_plugin.recipes import recipe_from_dict
@@ -126,3 +130,25 @@ def test_half_finished_run_trains_only_what_is_missing(cifar_folder, tmp_path):
     assert first.stat().st_mtime_ns == stamp
     assert (recipe.method_dir(1) / "checkpoints" / "last.ckpt").is_file()
     assert [row["method"] for row in report["rows"]] == ["mae", "random_init", "simclr"]
+
+
+def test_two_process_ddp_run_writes_one_report(cifar_folder, tmp_path):
+    recipe = {
+        "name": "ddp",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "imagefolder", "root": str(cifar_folder), "image_size": 32},
+        "methods": [dict(TINY_MAE)],
+        "pretrain": {"epochs": 1, "batch_size": 32},
+        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "progress_bar": False},
+        "eval": {"knn": {"k": 10}, "linear": {"epochs": 2, "batch_size": 64}, "batch_size": 64},
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "ssl_mae_plugin.cli", "run", str(path), "data.num_workers=0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("pretraining mae") == 1  # rank 1 runs the command silently
+    report = json.loads((tmp_path / "runs" / "ddp" / "report.json").read_text())
+    assert [row["method"] for row in report["rows"]] == ["mae", "random_init"]
+    assert report["dataset"]["val_images"] == 50  # imagefolder root with test/ only
