@@ -8,7 +8,8 @@
 #   OUT=<results folder> bash benchmarks/gpu_session.sh STAGE...
 # Stages: setup (install + unpack; always first), smoke (every CIFAR recipe method for one
 # short epoch on the GPU, evaluated), throughput (ViT-B/16 and ViT-Tiny/4 train steps: ours
-# vs lightly vs HF), mfu (ours' ViT-B/16 at batch 512, compiled), e2e (ssl-mae pretrain vs lightly's MAE code path on the JPEGs, and
+# vs lightly vs HF), mfu (ours' ViT-B/16 at batch 512, compiled, fused AdamW, with a
+# kernel-time profile), e2e (ssl-mae pretrain vs lightly's MAE code path on the JPEGs, and
 # ours from memory), recipe (recipes/cifar10_vit_tiny_mae.yaml for $RECIPE_EPOCHS epochs).
 # What the stages write lands in $OUT/results.tgz (no checkpoints or feature caches); the
 # recipe's report, figures and metrics also in $OUT itself; logs go to stdout too.
@@ -54,8 +55,8 @@ throughput() {
 
 mfu() {
     python3 benchmarks/throughput.py --device cuda --arch vit_base --batch 512 --models ours \
-        --precision bf16 --compile --no-eager --repeats 5 --steps 10 \
-        --out "$RESULTS/throughput_cuda_vitb16_bf16_b512.json"
+        --precision bf16 --compile --no-eager --repeats 5 --steps 10 --optimizer fused \
+        --profile 5 --out "$RESULTS/throughput_cuda_vitb16_bf16_b512.json"
 }
 
 e2e() {

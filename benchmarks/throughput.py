@@ -69,6 +69,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -327,6 +329,56 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Substrings of profiler event names, lower-cased; attention is checked first (some fused
+# attention kernels are CUTLASS-based).
+ATTENTION_EVENTS = ("flash", "fmha", "attention", "scaled_dot_product", "efficient_attn")
+MATMUL_EVENTS = ("gemm", "cutlass", "nvjet", "xmma", "aten::mm", "aten::addmm", "aten::bmm")
+
+
+def event_kind(name: str) -> str:
+    """``attention``, ``matmul`` or ``other`` for a profiler event (op or kernel) name."""
+    lowered = name.lower()
+    if any(part in lowered for part in ATTENTION_EVENTS):
+        return "attention"
+    if any(part in lowered for part in MATMUL_EVENTS):
+        return "matmul"
+    return "other"
+
+
+def profile_steps(fn, optimizer, images, device: torch.device, bf16: bool, steps: int) -> dict:
+    """Where ``steps`` training steps spend their time: GPU kernel time on CUDA, the ops'
+    own CPU time on the CPU; the matmul / attention / other shares and the top 15 events."""
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step(fn, optimizer, images, device.type, bf16)
+        synchronize(device)
+    if cuda:
+        events = [
+            (e.key, e.self_device_time_total)
+            for e in prof.key_averages()
+            if e.device_type == DeviceType.CUDA
+        ]
+    else:
+        events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(time_us for _, time_us in events) or 1.0
+    shares = dict.fromkeys(("matmul", "attention", "other"), 0.0)
+    for name, time_us in events:
+        shares[event_kind(name)] += time_us / total
+    top = sorted(events, key=lambda event: -event[1])[:15]
+    return {
+        "steps": steps,
+        "measure": "GPU kernel time" if cuda else "CPU self time of the ops",
+        "ms_per_step": total / 1e3 / steps,
+        "shares": shares,
+        "top": [
+            {"name": name[:160], "ms_per_step": time_us / 1e3 / steps, "share": time_us / total}
+            for name, time_us in top
+        ],
+    }
+
+
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -570,6 +622,17 @@ def run_config(
                 grown = torch.cuda.max_memory_allocated(device) - base
                 step_peak[name] = max(step_peak[name], grown)
 
+    for name, (_module, fn, optimizer) in runners.items():
+        if args.profile:
+            profile = profile_steps(fn, optimizer, images, device, bf16, args.profile)
+            entries[name]["profile"] = profile
+            shares = ", ".join(f"{kind} {share:.0%}" for kind, share in profile["shares"].items())
+            print(
+                f"   {name:>12}: {profile['measure']} {profile['ms_per_step']:.1f} ms/step "
+                f"({shares}); top: {profile['top'][0]['name'][:60]} "
+                f"{profile['top'][0]['share']:.0%}"
+            )
+
     flops = flops_per_image(arch, args.mask_ratio)["train"]
     peak_tflops = args.peak_tflops or default_peak_tflops(precision)
     for name, (module, _fn, optimizer) in runners.items():
@@ -702,6 +765,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-timeout", type=float, default=900.0)
     parser.add_argument("--peak-tflops", type=float, default=None, help="for MFU on CUDA")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after timing, profile STEPS steps of each model: time shares of matmul, "
+        "attention and other work and the top events (JSON rows' 'profile')",
+    )
     parser.add_argument("--out", default=str(HERE / "throughput.json"))
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
