@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ssl_mae_plugin.evaluation import knn_classify, linear_probe
+from ssl_mae_plugin.report import cpu_model
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
@@ -57,13 +58,6 @@ def make_features(
     train_x, train_y = sample(n_train)
     val_x, val_y = sample(n_val)
     return train_x, train_y, val_x, val_y
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def timed(fn):

@@ -441,16 +441,10 @@ def flops_per_image(arch: dict, mask_ratio: float, in_chans: int = 3) -> dict[st
 
 
 def machine_info(devices: list[str]) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ssl_mae_plugin.report import cpu_model
+
     info: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),

@@ -26,18 +26,21 @@ FIGURES = {
 }
 
 
-def machine_description() -> dict[str, Any]:
-    """Where the run happened: CPU model and cores, GPU, torch version."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_description() -> dict[str, Any]:
+    """Where the run happened: CPU model and cores, GPU, torch version."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "gpu": gpu,
         "gpu_count": torch.cuda.device_count(),

@@ -4,22 +4,12 @@ import pytest
 import torch
 
 from ssl_mae_plugin import MAE, masked_mse_loss, patchify
+from tests.mae.conftest import TINY_CONFIG
 
 
 def build(mask_ratio=0.75, norm_pix_loss=False, **overrides):
     torch.manual_seed(0)
-    config = dict(
-        img_size=32,
-        patch_size=4,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        decoder_embed_dim=32,
-        decoder_depth=2,
-        decoder_num_heads=4,
-        mask_ratio=mask_ratio,
-        norm_pix_loss=norm_pix_loss,
-    )
+    config = {**TINY_CONFIG, "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss}
     return MAE(**{**config, **overrides})
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ssl_mae_plugin import MAE
+from tests.mae.conftest import TINY_CONFIG
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,18 +46,7 @@ def to_transformers(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 @pytest.mark.parametrize("mask_ratio", [0.75, 0.5])
 def test_same_weights_and_noise_give_the_same_loss_pred_and_mask(norm_pix_loss, mask_ratio):
     torch.manual_seed(0)
-    ours = MAE(
-        img_size=32,
-        patch_size=4,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        decoder_embed_dim=32,
-        decoder_depth=2,
-        decoder_num_heads=4,
-        mask_ratio=mask_ratio,
-        norm_pix_loss=norm_pix_loss,
-    ).eval()
+    ours = MAE(**TINY_CONFIG, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss).eval()
     config = transformers.ViTMAEConfig(
         hidden_size=64,
         num_hidden_layers=2,
