@@ -1,8 +1,9 @@
 """End-to-end MAE pretraining throughput, data loading included: ``ssl-mae pretrain`` vs
 lightly's own MAE benchmark code path, on the CIFAR-10 JPEGs.
 
-Both sides train the same architecture (ViT-Tiny/4 at 32 px by default: 192-d, 12 blocks,
-3 heads; decoder 256-d, 4 blocks, 8 heads, as ``mae_vit_tiny_patch16``), mask ratio 0.75,
+Both sides train the same architecture (by default ``throughput.py``'s ``tiny32``:
+ViT-Tiny/4 at 32 px, ``mae_vit_tiny_patch16(img_size=32, patch_size=4)``: 192-d, 12 blocks,
+3 heads; decoder 256-d, 4 blocks, 8 heads), mask ratio 0.75,
 norm-pix loss, on the same class-balanced subset of ``<data>/train`` with the same batch,
 epochs, loader workers, accelerator and precision, each in a fresh process:
 
@@ -43,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -60,6 +59,21 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from common import (
+    ARCH_KEYS,
+    ARCHS,
+    HERE,
+    REPO,
+    arch_config,
+    cell,
+    command_line,
+    machine_info,
+    markdown_table,
+    median_or_none,
+    ratio,
+    summarize,
+    write_json,
+)
 from lightly.models import utils
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
@@ -67,21 +81,25 @@ from torch.optim import AdamW
 
 # No ssl_mae_plugin at module level: importing it before torch sets OMP_WAIT_POLICY, which
 # the children would inherit (the parent only starts the runs; each child gets the
-# environment this command was started with). The lightly child imports it after torch.
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+# environment this command was started with). ``common`` imports torch first and the
+# package only inside its functions (the architecture defaults, the machine), so after
+# torch; the lightly child imports it after torch too.
 IMPLEMENTATIONS = ("ours", "lightly")
-PACKAGES = (
-    "torch",
-    "torchvision",
-    "lightly",
-    "timm",
-    "pytorch-lightning",
-    "pillow",
-    "numpy",
-    "ssl-mae-plugin",
-)
+# Versions recorded next to ``ssl_mae_plugin.report.machine.LIBRARIES``.
+PACKAGES = ("pillow", "numpy", "ssl-mae-plugin")
 RUN_NAME = "e2e"
+DEFAULT_ARCH = "tiny32"  # the CLI's architecture defaults (``common.ARCHS``)
+# The architecture flags: (flag, the ARCH_KEYS field, help); mlp_ratio is the default arch's.
+ARCH_FLAGS = (
+    ("--image-size", "img_size", None),
+    ("--patch-size", "patch_size", None),
+    ("--embed-dim", "embed_dim", None),
+    ("--depth", "depth", "encoder blocks"),
+    ("--num-heads", "num_heads", None),
+    ("--decoder-embed-dim", "decoder_embed_dim", None),
+    ("--decoder-depth", "decoder_depth", None),
+    ("--decoder-num-heads", "decoder_num_heads", None),
+)
 
 
 # ------------------------------------------------------------------------------ settings
@@ -115,14 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ours keeps the training images decoded as uint8 and makes MAE's crop + flip "
         "views on the device (recipe data.in_memory); lightly's side is unchanged",
     )
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--patch-size", type=int, default=4)
-    parser.add_argument("--embed-dim", type=int, default=192)
-    parser.add_argument("--depth", type=int, default=12, help="encoder blocks")
-    parser.add_argument("--num-heads", type=int, default=3)
-    parser.add_argument("--decoder-embed-dim", type=int, default=256)
-    parser.add_argument("--decoder-depth", type=int, default=4)
-    parser.add_argument("--decoder-num-heads", type=int, default=8)
+    default_arch = arch_config(DEFAULT_ARCH)
+    for flag, key, help_text in ARCH_FLAGS:
+        parser.add_argument(flag, type=int, default=default_arch[key], help=help_text)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -156,18 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def arch_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The shared architecture, with the keys of ``benchmarks/throughput.py``'s ARCHS."""
-    return {
-        "img_size": args.image_size,
-        "patch_size": args.patch_size,
-        "embed_dim": args.embed_dim,
-        "depth": args.depth,
-        "num_heads": args.num_heads,
-        "decoder_embed_dim": args.decoder_embed_dim,
-        "decoder_depth": args.decoder_depth,
-        "decoder_num_heads": args.decoder_num_heads,
-        "mlp_ratio": 4.0,
-    }
+    """The shared architecture, with the keys of ``common.ARCH_KEYS``."""
+    arch = arch_config(DEFAULT_ARCH)
+    for flag, key, _ in ARCH_FLAGS:
+        arch[key] = getattr(args, flag.removeprefix("--").replace("-", "_"))
+    return arch
 
 
 def spec_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,16 +208,11 @@ def spec_of(args: argparse.Namespace) -> dict[str, Any]:
 def ours_recipe(spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """A recipe for ``ssl-mae pretrain`` with the run's settings."""
     arch = spec["arch"]
+    # The backbone's factory, every field but the image size (data) and the MLP ratio (4).
     method: dict[str, Any] = {
         "name": "mae",
-        "backbone": "vit_tiny",
-        "patch_size": arch["patch_size"],
-        "embed_dim": arch["embed_dim"],
-        "depth": arch["depth"],
-        "num_heads": arch["num_heads"],
-        "decoder_embed_dim": arch["decoder_embed_dim"],
-        "decoder_depth": arch["decoder_depth"],
-        "decoder_num_heads": arch["decoder_num_heads"],
+        "backbone": ARCHS[DEFAULT_ARCH][0],
+        **{key: arch[key] for key in ARCH_KEYS if key not in ("img_size", "mlp_ratio")},
         "mask_ratio": spec["mask_ratio"],
         "norm_pix_loss": True,
     }
@@ -252,7 +253,7 @@ def run_ours(spec: dict[str, Any], run_dir: Path, env: dict[str, str], timeout: 
     """``ssl-mae pretrain`` in a fresh process; the epochs from its ``metrics.csv``."""
     recipe_path = run_dir / "recipe.yaml"
     # JSON is YAML: the file is read by the command's own recipe loader.
-    recipe_path.write_text(json.dumps(ours_recipe(spec, run_dir), indent=2) + "\n")
+    write_json(recipe_path, ours_recipe(spec, run_dir))
     command = [sys.executable, "-m", "ssl_mae_plugin.cli", "pretrain", str(recipe_path)]
     result = run_process(command, run_dir, env, timeout)
     metrics = run_dir / RUN_NAME / "mae" / "metrics.csv"
@@ -284,7 +285,7 @@ def run_lightly(
 ) -> dict[str, Any]:
     """This script's ``--child`` in a fresh process; it writes ``result.json``."""
     spec_path = run_dir / "spec.json"
-    spec_path.write_text(json.dumps({**spec, "run_dir": str(run_dir)}, indent=2) + "\n")
+    write_json(spec_path, {**spec, "run_dir": str(run_dir)})
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)]
     result = run_process(command, run_dir, env, timeout)
     result_path = run_dir / "result.json"
@@ -383,7 +384,7 @@ def lightly_child(spec_path: str) -> None:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cuda": torch.version.cuda,
     }
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(run_dir / "result.json", result)
 
 
 class LightlyMAE(pl.LightningModule):
@@ -561,41 +562,10 @@ def effective_omp_wait_policy(name: str, env: dict[str, str]) -> str:
     return "PASSIVE (set by importing ssl_mae_plugin)" if name == "ours" else "unset (ACTIVE)"
 
 
-# --------------------------------------------------------------------------- machine
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    from ssl_mae_plugin.report import cpu_model  # torch is imported: no OMP change
-
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "affinity_cores": len(os.sched_getaffinity(0)),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_start": os.getloadavg(),
-        "gpu": None,
-    }
-    for package in PACKAGES:
-        try:
-            info[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            info[package] = None
-    if device == "cuda" and shutil.which("nvidia-smi"):
-        query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
-        try:
-            done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
-            info["gpu"] = done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return info
-
-
 # ------------------------------------------------------------------------------ report
 
 
-def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
+def summarize_runs(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name in order:
         ok = [r for r in runs if r["implementation"] == name and r["status"] == "ok"]
@@ -605,11 +575,12 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
         }
         if ok:
             rates = [r["images_per_second"] for r in ok]
+            stats = summarize(rates)
             epochs = [e["images_per_second"] for r in ok for e in timed_epochs(r)]
             entry.update(
-                images_per_second_median=statistics.median(rates),
-                images_per_second_min=min(rates),
-                images_per_second_max=max(rates),
+                images_per_second_median=stats["median"],
+                images_per_second_min=stats["min"],
+                images_per_second_max=stats["max"],
                 images_per_second_runs=rates,
                 timed_epochs_median=statistics.median(epochs),
                 first_epoch_images_per_second_median=statistics.median(
@@ -620,11 +591,7 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
                     (r["peak_memory_mb"] for r in ok if r["peak_memory_mb"] is not None),
                     default=None,
                 ),
-                final_loss_median=statistics.median(
-                    r["final_loss"] for r in ok if r["final_loss"] is not None
-                )
-                if any(r["final_loss"] is not None for r in ok)
-                else None,
+                final_loss_median=median_or_none(r["final_loss"] for r in ok),
             )
         summary[name] = entry
     ours, lightly = summary.get("ours", {}), summary.get("lightly", {})
@@ -635,35 +602,43 @@ def summarize(runs: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
     return summary
 
 
-def markdown_table(summary: dict[str, Any], order: list[str], memory_kind: str) -> str:
-    lines = [
-        "| implementation | runs | images/s (median of runs) | min – max | vs lightly "
-        f"| first epoch images/s | process wall (s) | peak memory (MB, {memory_kind}) "
-        "| final loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+def results_table(summary: dict[str, Any], order: list[str], memory_kind: str) -> str:
+    columns = [
+        "implementation",
+        "runs",
+        "images/s (median of runs)",
+        "min – max",
+        "vs lightly",
+        "first epoch images/s",
+        "process wall (s)",
+        f"peak memory (MB, {memory_kind})",
+        "final loss",
     ]
     reference = summary.get("lightly", {}).get("images_per_second_median")
+    rows = []
     for name in order:
         entry = summary[name]
         runs = str(entry["runs_ok"])
         if entry["runs_failed"]:
             runs += f" (+{entry['runs_failed']} failed)"
         if "images_per_second_median" not in entry:
-            lines.append(f"| {name} | {runs} | failed |" + " |" * 6)
+            rows.append([name, runs, "failed"])
             continue
         median = entry["images_per_second_median"]
-        relative = f"{median / reference:.2f}x" if reference else "–"
-        memory = entry["peak_memory_mb_max"]
-        loss = entry["final_loss_median"]
-        lines.append(
-            f"| {name} | {runs} | {median:.1f} "
-            f"| {entry['images_per_second_min']:.1f} – {entry['images_per_second_max']:.1f} "
-            f"| {relative} | {entry['first_epoch_images_per_second_median']:.1f} "
-            f"| {entry['process_seconds_median']:.1f} "
-            f"| {f'{memory:.0f}' if memory is not None else '–'} "
-            f"| {f'{loss:.4f}' if loss is not None else '–'} |"
+        rows.append(
+            [
+                name,
+                runs,
+                f"{median:.1f}",
+                f"{entry['images_per_second_min']:.1f} – {entry['images_per_second_max']:.1f}",
+                ratio(median, reference),
+                f"{entry['first_epoch_images_per_second_median']:.1f}",
+                f"{entry['process_seconds_median']:.1f}",
+                cell(entry["peak_memory_mb_max"], ".0f"),
+                cell(entry["final_loss_median"], ".4f"),
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(columns, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -675,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = spec_of(args)
     if not (Path(spec["data"]) / "train").is_dir():
         raise SystemExit(f"no {Path(spec['data']) / 'train'} (pass the CIFAR-10 ImageFolder root)")
-    info = machine_info(args.device)
+    info = machine_info(PACKAGES, driver=args.device == "cuda")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ssl-mae-e2e-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(
@@ -684,8 +659,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.precision}, compile {args.compile}, arch {spec['arch']}"
     )
     print(
-        f"machine: {info['cpu']} x{info['cpu_count']} (affinity {info['affinity_cores']}), "
-        f"gpu {info['gpu']}, torch {info['torch']}, lightly {info['lightly']}; "
+        f"machine: {info['cpu']} x{info['cpu_cores']} (affinity {info['affinity_cores']}), "
+        f"gpu {info['gpu']}, torch {info['torch']}, lightly {info['libraries']['lightly']}; "
         f"runs in {workdir}",
         flush=True,
     )
@@ -727,11 +702,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     info["loadavg_end"] = os.getloadavg()
     lightly_runs = [r for r in runs if r["implementation"] == "lightly" and r["status"] == "ok"]
-    if lightly_runs:
-        info["gpu_torch"] = lightly_runs[0].get("gpu")
-        info["cuda"] = lightly_runs[0].get("cuda")
-        info["torch_threads"] = lightly_runs[0].get("torch_threads")
-    summary = summarize(runs, args.order)
+    summary = summarize_runs(runs, args.order)
     memory_kind = "GPU allocated" if args.device == "cuda" else "process max RSS"
     result = {
         "benchmark": "MAE pretraining images/s with data loading (CIFAR-10 JPEGs): "
@@ -761,15 +732,13 @@ def main(argv: list[str] | None = None) -> None:
                 "ddp_find_unused_parameters_true, for several GPUs)",
             },
         },
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "summary": summary,
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
     print()
-    print(markdown_table(summary, args.order, memory_kind))
+    print(results_table(summary, args.order, memory_kind))
     if "ours_vs_lightly" in summary:
         print(f"\nours / lightly (median images/s after warm-up): {summary['ours_vs_lightly']:.3f}")
     print(f"\nwrote {out}")

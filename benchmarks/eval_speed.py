@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import HERE, machine_info, markdown_table, write_json
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ssl_mae_plugin.evaluation import knn_classify, linear_probe
-from ssl_mae_plugin.report import cpu_model
 
-HERE = Path(__file__).resolve().parent
 THREADS = 2
+# Versions recorded next to ``ssl_mae_plugin.report.machine.LIBRARIES``.
+PACKAGES = ("numpy", "scikit-learn")
 
 
 def make_features(
@@ -69,7 +68,7 @@ def timed(fn):
 def main() -> None:
     torch.set_num_threads(THREADS)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    load_before = os.getloadavg()[0]
+    machine = machine_info(PACKAGES)
     train_x, train_y, val_x, val_y = make_features()
 
     knn, knn_s = timed(lambda: knn_classify(train_x, train_y, val_x, val_y, k=200))
@@ -95,42 +94,50 @@ def main() -> None:
     }
 
     result = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_average_at_start": load_before,
-        },
+        "machine": machine,
         "data": {"train": list(train_x.shape), "val": list(val_x.shape), "classes": 10},
         "knn": {"k": knn["k"], "top1": knn["top1"], "top5": knn["top5"], "seconds": knn_s},
         "linear_probe": probes,
         "logistic_regression": logreg,
     }
-    (HERE / "eval_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result)
+    write_json(HERE / "eval_speed.json", result)
+    (HERE / "EVAL_SPEED.md").write_text(markdown(result))
     print(json.dumps(result, indent=2))
 
 
-def write_markdown(result: dict) -> None:
+def markdown(result: dict) -> str:
+    """The text of ``EVAL_SPEED.md`` for a result of ``main``."""
     m = result["machine"]
     ref = result["logistic_regression"]
     rows = [
-        f"| k-NN (k={result['knn']['k']}, T=0.1) | {result['knn']['seconds']:.1f} "
-        f"| {100 * result['knn']['top1']:.2f} | |"
+        [
+            f"k-NN (k={result['knn']['k']}, T=0.1)",
+            f"{result['knn']['seconds']:.1f}",
+            f"{100 * result['knn']['top1']:.2f}",
+        ]
     ]
     for name, out in result["linear_probe"].items():
         gap = 100 * (out["top1"] - ref["top1"])
         rows.append(
-            f"| linear probe, {name}, 100 epochs | {out['seconds']:.1f} | {100 * out['top1']:.2f} "
-            f"(best {100 * out['best_top1']:.2f} @ {out['best_epoch']}) | {gap:+.2f} |"
+            [
+                f"linear probe, {name}, 100 epochs",
+                f"{out['seconds']:.1f}",
+                f"{100 * out['top1']:.2f} "
+                f"(best {100 * out['best_top1']:.2f} @ {out['best_epoch']})",
+                f"{gap:+.2f}",
+            ]
         )
     rows.append(
-        f"| sklearn LogisticRegression (lbfgs, standardised, {ref['iterations']} it, "
-        f"converged={ref['converged']}) | {ref['seconds']:.1f} | {100 * ref['top1']:.2f} | 0 |"
+        [
+            f"sklearn LogisticRegression (lbfgs, standardised, {ref['iterations']} it, "
+            f"converged={ref['converged']})",
+            f"{ref['seconds']:.1f}",
+            f"{100 * ref['top1']:.2f}",
+            "0",
+        ]
     )
-    text = "\n".join(
+    columns = ["evaluation", "seconds", "val top-1 %", "vs logistic regression (points)"]
+    return "\n".join(
         [
             "# Evaluation speed (cached features, CPU)",
             "",
@@ -138,14 +145,12 @@ def write_markdown(result: dict) -> None:
             "10,000 val, 10 classes; Gaussian sub-cluster mixture through a correlated, "
             "GELU-warped, badly scaled map so that accuracy is ~60%, not 100%). Fixed seed.",
             "",
-            f"Machine: {m['cores']} CPU cores ({m['cpu']}), torch {m['torch']} with "
+            f"Machine: {m['cpu_cores']} CPU cores ({m['cpu']}), torch {m['torch']} with "
             f"{m['torch_threads']} threads, Python {m['python']}. The cores were shared with "
-            f"another workload (load average {m['load_average_at_start']:.1f} at start), so "
+            f"another workload (load average {m['loadavg_start'][0]:.1f} at start), so "
             "times are upper bounds.",
             "",
-            "| evaluation | seconds | val top-1 % | vs logistic regression (points) |",
-            "|---|---:|---:|---:|",
-            *rows,
+            markdown_table(columns, rows),
             "",
             "`top1` of the probe is the final epoch's (not selected on the validation set); "
             "`best` is the maximum over epochs, reported for reference only.",
@@ -161,7 +166,6 @@ def write_markdown(result: dict) -> None:
             "",
         ]
     )
-    (HERE / "EVAL_SPEED.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ on L tokens); matmul FLOPs only (2 per multiply-add); train = 3 x forward. MFU o
 images/s x train FLOPs per image / ``--peak-tflops`` (default from the GPU name: dense
 bf16 for bf16 runs; for fp32 runs plain fp32, or TF32 with ``--tf32``).
 
+The architectures (``--arch``, ``common.ARCHS``) are factories of
+``ssl_mae_plugin.mae.MAE_FACTORIES`` with overrides: ``small`` (default, CPU-sized: ViT-Tiny
+narrowed to 128-d, 4 blocks, 4 heads, decoder 64-d, 2 blocks, 4 heads; 4x4 patches at 32),
+``tiny32`` (ViT-Tiny/4 at 32, the CIFAR recipe's model), ``vit_base`` and ``vit_large``
+(the paper's ViT-B/16 and ViT-L/16 at 224); ``--set`` overrides single fields.
+
 Run (CPU, small default architecture)::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/throughput.py --compile
@@ -56,8 +62,6 @@ import gc
 import json
 import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -68,64 +72,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import (
+    ARCHS,
+    HERE,
+    arch_config,
+    cell,
+    command_line,
+    machine_info,
+    markdown_table,
+    ratio,
+    summarize,
+    write_json,
+)
 from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
-
-ARCHS: dict[str, dict[str, Any]] = {
-    # CPU-sized: 8x8 grid of 4x4 patches, 17 encoder tokens, 65 decoder tokens.
-    "small": dict(
-        img_size=32,
-        patch_size=4,
-        embed_dim=128,
-        depth=4,
-        num_heads=4,
-        decoder_embed_dim=64,
-        decoder_depth=2,
-        decoder_num_heads=4,
-        mlp_ratio=4.0,
-    ),
-    # The CIFAR recipe's model: ViT-Tiny/4 at 32 with our 256-d, 4-block tiny decoder.
-    "tiny32": dict(
-        img_size=32,
-        patch_size=4,
-        embed_dim=192,
-        depth=12,
-        num_heads=3,
-        decoder_embed_dim=256,
-        decoder_depth=4,
-        decoder_num_heads=8,
-        mlp_ratio=4.0,
-    ),
-    # The paper's ViT-B/16 MAE at 224 (512-d, 8-block decoder).
-    "vit_base": dict(
-        img_size=224,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        decoder_embed_dim=512,
-        decoder_depth=8,
-        decoder_num_heads=16,
-        mlp_ratio=4.0,
-    ),
-    "vit_large": dict(
-        img_size=224,
-        patch_size=16,
-        embed_dim=1024,
-        depth=24,
-        num_heads=16,
-        decoder_embed_dim=512,
-        decoder_depth=8,
-        decoder_num_heads=16,
-        mlp_ratio=4.0,
-    ),
-}
 DEFAULT_BATCH = {"small": 64, "tiny32": 64, "vit_base": 256, "vit_large": 128}
 # Dense peak TFLOP/s (bf16 tensor core, tf32 tensor core, fp32 without tensor cores) by
 # GPU name, from NVIDIA's data sheets; the first name contained in the device name wins.
@@ -281,7 +243,7 @@ class HFStep(nn.Module):
 def import_for(name: str) -> None:
     """Import what ``build(name, ...)`` needs, so that imports stay out of memory deltas."""
     if name.startswith("ours"):
-        import ssl_mae_plugin  # noqa: F401
+        import ssl_mae_plugin.mae  # noqa: F401  (the package itself imports its names lazily)
     elif name == "lightly":
         import lightly.models.modules  # noqa: F401
         import timm.models.vision_transformer  # noqa: F401
@@ -440,31 +402,6 @@ def flops_per_image(arch: dict, mask_ratio: float, in_chans: int = 3) -> dict[st
     }
 
 
-def machine_info(devices: list[str]) -> dict[str, Any]:
-    from ssl_mae_plugin.report import cpu_model
-
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "affinity_cores": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "loadavg_start": os.getloadavg()[0],
-    }
-    for package in ("timm", "lightly", "transformers"):
-        try:
-            info[package] = __import__(package).__version__
-        except Exception:  # an optional peer missing is recorded, not fatal
-            info[package] = None
-    if "cuda" in devices and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def default_peak_tflops(precision: str) -> float | None:
     """Peak of the GPU for the precision (fp32 runs use TF32 tensor cores under --tf32)."""
     if not torch.cuda.is_available():
@@ -476,21 +413,6 @@ def default_peak_tflops(precision: str) -> float | None:
                 return bf16
             return tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32
     return None
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if len(ordered) >= 4:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
-    else:
-        q1, q3 = ordered[0], ordered[-1]
-    return {
-        "median": statistics.median(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "q1": q1,
-        "q3": q3,
-    }
 
 
 def cpu_memory_in_subprocess(spec: dict, timeout: float) -> dict[str, Any]:
@@ -677,42 +599,54 @@ def run_config(
 # ---------------------------------------------------------------------- reporting
 
 
-def markdown_table(rows: list[dict[str, Any]], reference: str = "hf") -> str:
-    header = (
-        f"| device | precision | mode | model | images/s (median) | min – max | IQR "
-        f"| vs {reference} | images/CPU-s | vs {reference} (CPU-s) | peak memory (MB) | MFU |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [header]
+def results_table(rows: list[dict[str, Any]], reference: str = "hf") -> str:
+    columns = [
+        "device",
+        "precision",
+        "mode",
+        "model",
+        "images/s (median)",
+        "min – max",
+        "IQR",
+        f"vs {reference}",
+        "images/CPU-s",
+        f"vs {reference} (CPU-s)",
+        "peak memory (MB)",
+        "MFU",
+    ]
 
-    def median(row: dict[str, Any], key: str) -> float | None:
-        return row[key]["median"] if key in row else None
+    def median(row: dict[str, Any] | None, key: str) -> float | None:
+        return row[key]["median"] if row and key in row else None
 
     baseline = {
         (r["device"], r["precision"], r["mode"]): r
         for r in rows
         if r["model"] == reference and r["status"] == "ok"
     }
+    cells = []
     for r in rows:
         key = (r["device"], r["precision"], r["mode"])
         if r["status"] != "ok":
             error = r.get("error", "").splitlines()[0][:80].replace("|", "/")
-            lines.append(f"| {' | '.join(key)} | {r['model']} | failed: {error} |" + " |" * 8)
+            cells.append([*key, r["model"], f"failed: {error}"])
             continue
         ips, ref = r["images_per_second"], baseline.get(key)
-        rel = f"{ips['median'] / median(ref, 'images_per_second'):.2f}x" if ref else "–"
         cpu = median(r, "images_per_cpu_second")
-        cpu_ref = median(ref, "images_per_cpu_second") if ref else None
-        cpu_text = f"{cpu:.1f}" if cpu else "–"
-        cpu_rel = f"{cpu / cpu_ref:.2f}x" if cpu and cpu_ref else "–"
-        memory = f"{r['peak_memory_mb']:.0f}" if "peak_memory_mb" in r else "–"
-        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "–"
-        lines.append(
-            f"| {' | '.join(key)} | {r['model']} | {ips['median']:.1f} "
-            f"| {ips['min']:.1f} – {ips['max']:.1f} | {ips['q1']:.1f} – {ips['q3']:.1f} "
-            f"| {rel} | {cpu_text} | {cpu_rel} | {memory} | {mfu} |"
+        cells.append(
+            [
+                *key,
+                r["model"],
+                f"{ips['median']:.1f}",
+                f"{ips['min']:.1f} – {ips['max']:.1f}",
+                f"{ips['q1']:.1f} – {ips['q3']:.1f}",
+                ratio(ips["median"], median(ref, "images_per_second")),
+                cell(cpu, ".1f"),
+                ratio(cpu, median(ref, "images_per_cpu_second")),
+                cell(r.get("peak_memory_mb"), ".0f"),
+                cell(r.get("mfu"), ".1%"),
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(columns, cells, left=4)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -774,7 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_arch(args: argparse.Namespace) -> dict[str, Any]:
-    arch = dict(ARCHS[args.arch])
+    arch = arch_config(args.arch)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in arch:
@@ -809,14 +743,14 @@ def main(argv: list[str] | None = None) -> None:
     precisions = [p.strip() for p in args.precision.split(",")]
     modes = ([] if args.no_eager else [False]) + ([True] if args.compile else [])
 
-    info = machine_info(devices)
+    info = machine_info()
     flops = flops_per_image(arch, args.mask_ratio)
     print(
         f"arch {args.arch} {arch}, batch {args.batch}, models {names}, "
         f"train GFLOPs/image {flops['train'] / 1e9:.3f}"
     )
     print(
-        f"machine: {info['cpu']} x{info['cpu_count']}, torch {info['torch']}, "
+        f"machine: {info['cpu']} x{info['cpu_cores']}, torch {info['torch']}, "
         f"threads {info['torch_threads']}, gpu {info.get('gpu')}"
     )
     rows: list[dict[str, Any]] = []
@@ -833,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"{row['images_per_second']['median']:8.1f} img/s"
                             f" (warmup {row['warmup_seconds']:.1f}s)"
                         )
-    info["loadavg_end"] = os.getloadavg()[0]
+    info["loadavg_end"] = os.getloadavg()
     result = {
         "benchmark": "MAE pretraining train step (forward + backward + AdamW)",
         "machine": info,
@@ -849,13 +783,11 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "warmup_steps": args.warmup,
         "flops_per_image": flops,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(rows)
+    out = write_json(args.out, result)
+    table = results_table(rows)
     print()
     print(table)
     print(f"\nwrote {out}")

@@ -6,22 +6,14 @@ Every backbone maps ``[N, C, H, W]`` images to ``[N, D]`` features and has
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import timm
 import torchvision
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-# The ViT sizes of the ViT/DeiT papers, shared by the MAE factories.
-VIT_SIZES: dict[str, dict[str, int]] = {
-    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
-    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
-    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
-    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
-    "vit_huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
-}
+from ssl_mae_plugin.mae.encoder import VIT_SIZES, vit_encoder
+
 RESNETS = ("resnet18", "resnet50")
 CONVNET_PREFIXES = ("resne", "convnext", "regnet", "efficientnet", "mobilenet")
 CIFAR_STEM_MAX_SIZE = 64
@@ -47,50 +39,6 @@ def is_known_backbone(name: str) -> bool:
     return name in available_backbones() or timm.is_model(name)
 
 
-def vit_size(name: str, **overrides: int | None) -> dict[str, int]:
-    """``embed_dim``, ``depth`` and ``num_heads`` of a named ViT size, with overrides.
-
-    Raises:
-        ValueError: If ``embed_dim`` is not divisible by ``num_heads``.
-    """
-    size = {**VIT_SIZES[name], **{k: v for k, v in overrides.items() if v is not None}}
-    if size["embed_dim"] % size["num_heads"]:
-        raise ValueError(
-            f"embed_dim={size['embed_dim']} is not divisible by num_heads={size['num_heads']}"
-        )
-    return size
-
-
-def build_vit(
-    name: str,
-    image_size: int,
-    patch_size: int = 16,
-    in_chans: int = 3,
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    num_heads: int | None = None,
-    **timm_kwargs: Any,
-) -> VisionTransformer:
-    """A timm ViT of a named size with MAE's conventions (qkv bias, LayerNorm eps 1e-6).
-
-    The result has no head (``num_classes=0``) and returns the cls token. ``embed_dim``,
-    ``depth`` and ``num_heads`` override the named size; ``timm_kwargs`` go to timm's
-    ``VisionTransformer`` (e.g. ``dynamic_img_size=True``).
-    """
-    if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
-    return VisionTransformer(
-        img_size=image_size,
-        patch_size=patch_size,
-        in_chans=in_chans,
-        num_classes=0,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        **vit_size(name, embed_dim=embed_dim, depth=depth, num_heads=num_heads),
-        **timm_kwargs,
-    )
-
-
 def build_resnet(name: str, image_size: int) -> nn.Module:
     """A torchvision ResNet without its classifier; a CIFAR stem for small images.
 
@@ -111,7 +59,10 @@ def build_backbone(
     image_size: int,
     patch_size: int = 16,
     in_chans: int = 3,
-    **vit_kwargs: Any,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    **timm_kwargs: Any,
 ) -> nn.Module:
     """Build a backbone by name.
 
@@ -121,7 +72,11 @@ def build_backbone(
         image_size: Input size.
         patch_size: Patch size of our ViTs.
         in_chans: Input channels.
-        **vit_kwargs: ``embed_dim``, ``depth``, ``num_heads`` (and timm options) of our ViTs.
+        embed_dim: Width of our ViTs; the named size's when ``None``.
+        depth: Blocks of our ViTs; the named size's when ``None``.
+        num_heads: Heads of our ViTs; the named size's when ``None``.
+        **timm_kwargs: Options of timm's ``VisionTransformer`` for our ViTs (e.g.
+            ``dynamic_img_size=True``, ``drop_path_rate=0.1``).
 
     Returns:
         A module mapping images to ``[N, num_features]`` features.
@@ -129,9 +84,11 @@ def build_backbone(
     Raises:
         ValueError: For an unknown name or an image size the backbone cannot take.
     """
+    size = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
     if is_vit(name):
-        return build_vit(name, image_size, patch_size, in_chans, **vit_kwargs)
-    if any(value is not None for value in vit_kwargs.values()):
+        size = {**VIT_SIZES[name], **{k: v for k, v in size.items() if v is not None}}
+        return vit_encoder(image_size, patch_size, in_chans=in_chans, **size, **timm_kwargs)
+    if any(value is not None for value in size.values()):
         raise ValueError(f"embed_dim/depth/num_heads only apply to ViT backbones, not {name!r}")
     if name in RESNETS:
         return build_resnet(name, image_size)

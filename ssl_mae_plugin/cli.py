@@ -1,7 +1,7 @@
 """The ``ssl-mae`` command.
 
-Exit codes: 0 success, 2 bad input (a one-line message, no traceback), 1 failure during a
-run.
+Exit codes: 0 success, 2 bad input (a one-line message, no traceback, nothing started), 1
+failure during a run (the message names what failed).
 """
 
 from __future__ import annotations
@@ -14,18 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssl_mae_plugin.data import DatasetUnavailableError
-from ssl_mae_plugin.methods.base import NonFiniteLossError
 from ssl_mae_plugin.methods.registry import get_method, list_methods
-from ssl_mae_plugin.recipes import Recipe, RecipeError, load_recipe
+from ssl_mae_plugin.recipe_loading import load_recipe
+from ssl_mae_plugin.recipes import Recipe, RecipeError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class BadInputError(Exception):
-    """Input the user can fix; reported in one line with exit code 2."""
-
-
-BAD_INPUT_ERRORS = (BadInputError, RecipeError, DatasetUnavailableError, FileNotFoundError)
+    """Input the user can fix, found before any work started: one line, exit code 2."""
 
 
 def _first_doc_line(obj: object) -> str:
@@ -41,7 +38,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def load_checked_recipe(args: argparse.Namespace) -> Recipe:
     """The command's recipe with its overrides, checked against this machine's GPUs."""
-    from ssl_mae_plugin.training import check_accelerator
+    from ssl_mae_plugin.pretrain import check_accelerator
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_accelerator(recipe.trainer)
@@ -50,15 +47,15 @@ def load_checked_recipe(args: argparse.Namespace) -> Recipe:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain every method of a recipe (resuming from last checkpoints)."""
-    from ssl_mae_plugin.runner import prepare_data
-    from ssl_mae_plugin.training import pretrain
+    from ssl_mae_plugin.pretrain import summarize
+    from ssl_mae_plugin.runner import prepare_data, pretrain_all
 
     recipe = load_checked_recipe(args)
-    prepare_data(recipe)
+    pretrain_all(recipe, prepare_data(recipe))
     for index, entry in enumerate(recipe.methods):
-        result = pretrain(recipe, index)
+        result = summarize(recipe, index)
         print(
-            f"{entry['label']}: {result.epochs} epochs, final loss {result.final_loss}, "
+            f"{entry.label}: {result.epochs} epochs, final loss {result.final_loss}, "
             f"{result.images_per_second} images/s, checkpoint {result.checkpoint}"
         )
     return EXIT_OK
@@ -66,14 +63,33 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_visualize(args: argparse.Namespace) -> int:
     """Write the four-panel MAE reconstruction figure for some images."""
-    from ssl_mae_plugin.visualization import load_inputs, render
+    import torch
+
+    from ssl_mae_plugin.data import load_image_files
+    from ssl_mae_plugin.mae import num_kept
+    from ssl_mae_plugin.pretrain import load_mae
+    from ssl_mae_plugin.report import save_reconstruction_figure
 
     try:
-        model, normalization, batch = load_inputs(args.checkpoint, args.images, args.mask_ratio)
+        model, normalization = load_mae(args.checkpoint)
+        if args.mask_ratio is not None:
+            num_kept(model.num_patches, args.mask_ratio)
+        if model.img_size[0] != model.img_size[1]:
+            raise ValueError(f"visualize needs a square model, got img_size={model.img_size}")
+        images = load_image_files(args.images, model.img_size[0], normalization)
     except ValueError as error:
         raise BadInputError(str(error)) from error
-    title = Path(args.checkpoint).name
-    path = render(model, normalization, batch, args.out, args.mask_ratio, args.seed, title)
+    generator = torch.Generator().manual_seed(args.seed)
+    path = save_reconstruction_figure(
+        model,
+        images,
+        args.out,
+        mean=normalization.mean,
+        std=normalization.std,
+        mask_ratio=args.mask_ratio,
+        noise=torch.rand(len(images), model.num_patches, generator=generator),
+        title=Path(args.checkpoint).name,
+    )
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -151,12 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         return args.handler(args)
-    except BAD_INPUT_ERRORS as error:
+    except (BadInputError, RecipeError, DatasetUnavailableError, FileNotFoundError) as error:
         print(f"ssl-mae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NonFiniteLossError as error:
-        print(f"ssl-mae: failed: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     except Exception as error:
         logging.getLogger("ssl_mae_plugin").exception("ssl-mae %s failed", args.command)
         print(f"ssl-mae: failed: {type(error).__name__}: {error}", file=sys.stderr)

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torchvision.transforms as T
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -41,7 +43,7 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
-IMAGENET_NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_NORM = Normalization(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 NORMALIZATIONS = {
     "cifar10": Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": Normalization((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -309,3 +311,27 @@ def eval_transform(
             T.Normalize(normalization.mean, normalization.std),
         ]
     )
+
+
+def load_image_files(
+    paths: list[str], image_size: int, normalization: Normalization
+) -> torch.Tensor:
+    """Image files resized, center-cropped and normalised as for evaluation, ``[N, 3, H, W]``.
+
+    Raises:
+        FileNotFoundError: Naming a missing file.
+        ValueError: Naming a file that is not a readable image.
+    """
+    transform = eval_transform(image_size, normalization)
+    tensors = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                tensors.append(transform(to_rgb(image)))
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"not a readable image: {path} ({error})") from error
+    return torch.stack(tensors)

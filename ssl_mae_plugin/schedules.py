@@ -6,8 +6,21 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+
+
+def clip_warmup(warmup: float, total: float, unit: str = "epochs") -> float:
+    """``warmup`` capped at the run length ``total``, with a warning when it is longer."""
+    if warmup <= total:
+        return warmup
+    warnings.warn(
+        f"warmup_epochs: a warmup of {warmup} {unit} is longer than the run ({total} {unit}); "
+        "clipped to the run length",
+        stacklevel=3,
+    )
+    return total
 
 
 def warmup_cosine_lr(

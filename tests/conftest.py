@@ -1,13 +1,36 @@
-"""Shared fixtures: small real image folders cut from the shared CIFAR-10 JPEGs."""
+"""Shared fixtures and helpers: real image folders cut from the shared CIFAR-10 JPEGs, tiny
+method entries and recipes, and the ``ssl-mae`` command run as a user runs it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+
+from ssl_mae_plugin.pretrain import PretrainResult, pretrain
+from ssl_mae_plugin.recipe_loading import recipe_from_dict
+from ssl_mae_plugin.recipes import Recipe
+from ssl_mae_plugin.runner import prepare_data
 
 CIFAR_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+
+# Models small enough for CPU tests: a one-block ViT of width 32 on 8x8 patches of 32 px.
+TINY_VIT = {"backbone": "vit_tiny", "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+TINY_MAE = {
+    "name": "mae",
+    **TINY_VIT,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "blr": 5e-3,
+    "warmup_epochs": 0,
+}
+TINY_SIMCLR = {"name": "simclr", **TINY_VIT, "hidden_dim": 64, "output_dim": 32}
 
 
 def make_image_folder(target: Path, per_class: dict[str, int], classes: int = 10) -> Path:
@@ -27,3 +50,71 @@ def make_image_folder(target: Path, per_class: dict[str, int], classes: int = 10
 def cifar_folder(tmp_path_factory) -> Path:
     """160 train and 50 test CIFAR-10 images (16 / 5 per class) in ImageFolder layout."""
     return make_image_folder(tmp_path_factory.mktemp("cifar"), {"train": 16, "test": 5})
+
+
+def minimal_recipe(**sections: Any) -> dict[str, Any]:
+    """A raw recipe on the bundled digits at 32 px with one default MAE; ``sections`` replace."""
+    raw: dict[str, Any] = {
+        "name": "r",
+        "data": {"dataset": "mnist5k", "image_size": 32},
+        "methods": [{"name": "mae"}],
+    }
+    return {**raw, **sections}
+
+
+def mae_recipe(**entry: Any) -> dict[str, Any]:
+    """:func:`minimal_recipe` whose MAE (patch 4) takes the keys ``entry``."""
+    return minimal_recipe(methods=[{"name": "mae", "patch_size": 4, **entry}])
+
+
+def tiny_recipe(root: Path, output: Path, **sections: Any) -> dict[str, Any]:
+    """A raw recipe: the tiny MAE, 3 epochs of batch 32 on ``root`` at 32 px, on the CPU.
+
+    Mapping sections are merged into the defaults; other values replace them.
+    """
+    recipe: dict[str, Any] = {
+        "name": "t",
+        "output_dir": str(output),
+        "data": {
+            "dataset": "imagefolder",
+            "root": str(root),
+            "val_split": "test",
+            "image_size": 32,
+            "num_workers": 0,
+        },
+        "methods": [dict(TINY_MAE)],
+        "pretrain": {"epochs": 3, "batch_size": 32},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe
+
+
+def pretrain_method(recipe: Recipe | dict[str, Any], index: int = 0) -> PretrainResult:
+    """Validate (if raw) and pretrain method ``index`` on the recipe's training split."""
+    if isinstance(recipe, dict):
+        recipe = recipe_from_dict(recipe)
+    return pretrain(recipe, index, prepare_data(recipe).train)
+
+
+def run_cli(*args: str, wait: bool = True, timeout: float = 600) -> subprocess.Popen:
+    """``python -m ssl_mae_plugin.cli ARGS`` in a subprocess, output captured (merged)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ssl_mae_plugin.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if wait:
+        output, _ = process.communicate(timeout=timeout)
+        assert process.returncode == 0, output
+    return process
+
+
+def final_weights(output: Path, label: str = "mae") -> dict[str, torch.Tensor]:
+    """The state dict of ``<output>/t/<label>/checkpoints/last.ckpt``."""
+    checkpoint = output / "t" / label / "checkpoints" / "last.ckpt"
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]

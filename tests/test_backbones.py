@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ssl_mae_plugin.backbones import build_backbone, vit_size
+from ssl_mae_plugin.backbones import build_backbone
 
 
 @pytest.mark.parametrize(("name", "dim"), [("vit_tiny", 192), ("vit_small", 384)])
@@ -13,11 +13,8 @@ def test_named_vit_sizes(name, dim):
 
 
 def test_vit_overrides_and_bad_heads():
-    assert vit_size("vit_base", depth=2, embed_dim=None) == {
-        "embed_dim": 768,
-        "depth": 2,
-        "num_heads": 12,
-    }
+    model = build_backbone("vit_base", image_size=32, patch_size=16, depth=2, embed_dim=None)
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (768, 2, 12)
     with pytest.raises(ValueError, match="num_heads=5"):
         build_backbone("vit_tiny", image_size=32, patch_size=8, num_heads=5)
     with pytest.raises(ValueError, match="patch_size=5"):

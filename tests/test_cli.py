@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from ssl_mae_plugin.cli import main
-from tests.test_training import TINY_MAE
+from tests.conftest import TINY_MAE
 
 
 def ssl_mae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -59,9 +59,10 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
     ("args", "message"),
     [
         (["run", "missing.yaml"], "recipe file not found: missing.yaml"),
-        (["run", "{recipe}", "pretrain.epochs=zero"], "pretrain.epochs must be an integer"),
-        (["run", "{recipe}", "methods.0.mask_ratio=1.5"], r"methods.0.mask_ratio must be in"),
-        (["run", "{recipe}", "methods.0.patch_size=5"], "not divisible by methods.0.patch_size=5"),
+        (["run", "{recipe}", "pretrain.epochs=zero"], "pretrain.epochs must be a valid integer"),
+        (["run", "{recipe}", "methods.0.mask_ratio=1.5"], r"methods.0.mask_ratio must leave"),
+        (["run", "{recipe}", "methods.0.mask_ratio=0"], r"methods.0.mask_ratio must leave"),
+        (["run", "{recipe}", "methods.0.patch_size=5"], "methods.0.patch_size=5 does not divide"),
         (["run", "{recipe}", "methods.0.name=maee"], "unknown method 'maee'"),
         (["pretrain", "{recipe}", "data.colour=red"], "unknown key 'data.colour'"),
         (["eval", "{recipe}"], "no checkpoint at"),
@@ -88,5 +89,6 @@ def test_a_real_process_exits_2_without_a_traceback(tmp_path):
     result = ssl_mae("run", str(recipe), "methods.0.mask_ratio=2")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "ssl-mae: error: methods.0.mask_ratio must be in [0, 1), got 2.0"
+        "ssl-mae: error: methods.0.mask_ratio must leave at least one of the 16 patches visible "
+        "and remove at least one (1 <= int(16 * (1 - mask_ratio)) < 16), got 2.0"
     ]

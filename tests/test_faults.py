@@ -15,12 +15,10 @@ import torch
 import yaml
 
 from ssl_mae_plugin.cli import main
-from ssl_mae_plugin.loading import EpochSampler
 from ssl_mae_plugin.methods.base import NonFiniteLossError
-from ssl_mae_plugin.recipes import recipe_from_dict
-from ssl_mae_plugin.training import data_position, pretrain
-from tests.conftest import make_image_folder
-from tests.test_training import final_weights, run_cli, tiny_recipe
+from ssl_mae_plugin.pretrain.checkpoints import data_position
+from ssl_mae_plugin.pretrain.sampling import EpochSampler
+from tests.conftest import final_weights, make_image_folder, pretrain_method, run_cli, tiny_recipe
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40  # a truncated JPEG
 
@@ -38,9 +36,9 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_exactly(cifar_fo
     raw = tiny_recipe(cifar_folder, tmp_path / "x", pretrain={"epochs": 6, "batch_size": 16})
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(raw))
-    run_cli(recipe_path, f"output_dir={tmp_path / 'a'}")
+    run_cli("pretrain", str(recipe_path), f"output_dir={tmp_path / 'a'}")
 
-    process = run_cli(recipe_path, f"output_dir={tmp_path / 'b'}", wait=False)
+    process = run_cli("pretrain", str(recipe_path), f"output_dir={tmp_path / 'b'}", wait=False)
     metrics = tmp_path / "b" / "t" / "mae" / "metrics.csv"
     deadline = time.time() + 300
     while not metrics.exists() and process.poll() is None and time.time() < deadline:
@@ -52,7 +50,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_exactly(cifar_fo
     checkpoint = tmp_path / "b" / "t" / "mae" / "checkpoints" / "last.ckpt"
     assert (1, 0) <= data_position(checkpoint) < (6, 0)
 
-    run_cli(recipe_path, f"output_dir={tmp_path / 'b'}")
+    run_cli("pretrain", str(recipe_path), f"output_dir={tmp_path / 'b'}")
     reference, resumed = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
@@ -69,7 +67,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     raw["methods"][0]["blr"] = 1e5
     expected = r"non-finite (loss \(nan\)|gradients) at step"
     with pytest.raises(NonFiniteLossError, match=expected) as error:
-        pretrain(recipe_from_dict(raw), 0)
+        pretrain_method(raw)
     step = int(re.search(r"at step (\d+) \(epoch 0, batch \1\)", str(error.value)).group(1))
     checkpoint = tmp_path / "t" / "mae" / "checkpoints" / "last.ckpt"
     assert step >= 1 and data_position(checkpoint) == (0, step)  # saved after the last good step
@@ -80,7 +78,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def write_recipe(tmp_path: Path, root: Path, **data) -> Path:
     raw = tiny_recipe(root, tmp_path / "runs", pretrain={"epochs": 1, "batch_size": 32})
     raw["data"].update(**data)
-    raw["eval"] = {"knn": {"k": 5}, "linear": {"epochs": 2, "batch_size": 32}}
+    raw["eval"] = {"knn": {"k": 5}, "linear": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

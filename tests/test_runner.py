@@ -9,21 +9,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from ssl_mae_plugin.recipes import recipe_from_dict
+from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.runner import run_recipe
-from ssl_mae_plugin.training import pretrain
-from tests.test_training import TINY_MAE
-
-TINY_SIMCLR = {
-    "name": "simclr",
-    "backbone": "vit_tiny",
-    "patch_size": 8,
-    "embed_dim": 32,
-    "depth": 1,
-    "num_heads": 2,
-    "hidden_dim": 64,
-    "output_dim": 32,
-}
+from tests.conftest import TINY_MAE, TINY_SIMCLR, pretrain_method
 
 
 def make_recipe(root, output, **eval_changes):
@@ -43,8 +31,14 @@ def make_recipe(root, output, **eval_changes):
             "trainer": {"accelerator": "cpu", "progress_bar": False},
             "eval": {
                 "knn": {"k": 10},
-                "linear": {"epochs": 5, "batch_size": 64},
-                "finetune": {"epochs": 1, "batch_size": 32, "mixup": 0.0, "cutmix": 0.0},
+                "linear": {"epochs": 5, "warmup_epochs": 1, "batch_size": 64},
+                "finetune": {
+                    "epochs": 1,
+                    "warmup_epochs": 0,
+                    "batch_size": 32,
+                    "mixup": 0.0,
+                    "cutmix": 0.0,
+                },
                 "batch_size": 64,
                 **eval_changes,
             },
@@ -114,7 +108,9 @@ def test_rerun_reuses_checkpoints_and_evaluations(finished_run):
 
 def test_a_changed_protocol_redoes_only_that_part(finished_run, cifar_folder):
     recipe, report = finished_run
-    changed = make_recipe(cifar_folder, recipe.output_dir, linear={"epochs": 3, "batch_size": 64})
+    changed = make_recipe(
+        cifar_folder, recipe.output_dir, linear={"epochs": 3, "warmup_epochs": 1, "batch_size": 64}
+    )
     rows = run_recipe(changed, log=lambda _: None)["rows"]
     assert rows[0]["linear"]["epochs"] == 3 and report["rows"][0]["linear"]["epochs"] == 5
     assert rows[0]["knn"] == report["rows"][0]["knn"]
@@ -123,7 +119,7 @@ def test_a_changed_protocol_redoes_only_that_part(finished_run, cifar_folder):
 
 def test_half_finished_run_trains_only_what_is_missing(cifar_folder, tmp_path):
     recipe = make_recipe(cifar_folder, tmp_path, finetune=None)
-    pretrain(recipe, 0)  # the first method was done before the run stopped
+    pretrain_method(recipe, 0)  # the first method was done before the run stopped
     first = recipe.method_dir(0) / "checkpoints" / "last.ckpt"
     stamp = first.stat().st_mtime_ns
     report = run_recipe(recipe, log=lambda _: None)
@@ -140,7 +136,11 @@ def test_two_process_ddp_run_writes_one_report(cifar_folder, tmp_path):
         "methods": [dict(TINY_MAE)],
         "pretrain": {"epochs": 1, "batch_size": 32},
         "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "progress_bar": False},
-        "eval": {"knn": {"k": 10}, "linear": {"epochs": 2, "batch_size": 64}, "batch_size": 64},
+        "eval": {
+            "knn": {"k": 10},
+            "linear": {"epochs": 2, "warmup_epochs": 1, "batch_size": 64},
+            "batch_size": 64,
+        },
     }
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,7 +21,34 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_mae_plugin.evaluation.metrics import topk_correct
-from ssl_mae_plugin.schedules import warmup_cosine_scheduler
+from ssl_mae_plugin.schedules import clip_warmup, warmup_cosine_scheduler
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training budget of a trained evaluation (probe or fine-tuning).
+
+    Attributes:
+        epochs: Training epochs, warmup included.
+        warmup_epochs: Linear warmup epochs (clipped to ``epochs`` with a warning).
+        batch_size: Global batch size (split over the processes).
+        blr: Base learning rate; the peak is ``blr * effective_batch / 256`` [0].
+        weight_decay: The optimizer's weight decay.
+        min_lr: Floor of the cosine schedule.
+    """
+
+    epochs: int
+    warmup_epochs: float
+    batch_size: int
+    blr: float
+    weight_decay: float = 0.0
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_training_options(
+            self.epochs, self.warmup_epochs, self.batch_size, self.blr, self.weight_decay
+        )
+        object.__setattr__(self, "warmup_epochs", clip_warmup(self.warmup_epochs, self.epochs))
 
 
 class ClassifierModule(pl.LightningModule, ABC):
@@ -31,11 +59,7 @@ class ClassifierModule(pl.LightningModule, ABC):
     Args:
         train_dataset: Yields ``(image tensor, label)``.
         val_dataset: Yields ``(image tensor, label)``.
-        batch_size: Global batch size (split over the processes).
-        epochs: Training epochs, warmup included.
-        warmup_epochs: Linear warmup epochs.
-        blr: Base learning rate; the peak is ``blr * effective_batch / 256``.
-        min_lr: Floor of the cosine schedule.
+        budget: Epochs, schedule, batch size and learning rate.
         num_workers: Loader workers per process.
         even_batches: Round the per-process batch down to an even number (mixup pairs).
     """
@@ -44,29 +68,19 @@ class ClassifierModule(pl.LightningModule, ABC):
         self,
         train_dataset: Dataset,
         val_dataset: Dataset,
-        batch_size: int,
-        epochs: int,
-        warmup_epochs: float,
-        blr: float,
-        min_lr: float = 0.0,
+        budget: Budget,
         num_workers: int = 0,
         even_batches: bool = False,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(train_dataset) < batch_size:
+        if len(train_dataset) < budget.batch_size:
             raise ValueError(
-                f"batch_size={batch_size} is larger than the training set "
+                f"batch_size={budget.batch_size} is larger than the training set "
                 f"({len(train_dataset)} samples); the last partial batch is dropped"
             )
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.warmup_epochs = warmup_epochs
-        self.blr = blr
-        self.min_lr = min_lr
+        self.budget = budget
         self.num_workers = num_workers
         self.even_batches = even_batches
         self.history: list[dict[str, float]] = []
@@ -77,7 +91,7 @@ class ClassifierModule(pl.LightningModule, ABC):
     def per_device_batch_size(self) -> int:
         """Batch size of one process: the global batch over the world size."""
         world = self.trainer.world_size if self._trainer is not None else 1
-        size = max(1, self.batch_size // world)
+        size = max(1, self.budget.batch_size // world)
         if self.even_batches:
             size = max(2, size - size % 2)
         return size
@@ -91,7 +105,7 @@ class ClassifierModule(pl.LightningModule, ABC):
     @property
     def peak_lr(self) -> float:
         """``blr * effective_batch / 256``."""
-        return self.blr * self.effective_batch_size / 256
+        return self.budget.blr * self.effective_batch_size / 256
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
@@ -124,13 +138,13 @@ class ClassifierModule(pl.LightningModule, ABC):
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimizer with a per-step warmup + half-cycle cosine schedule [0]."""
         optimizer = self.build_optimizer()
-        steps_per_epoch = self.trainer.estimated_stepping_batches / max(self.epochs, 1)
+        budget = self.budget
         scheduler = warmup_cosine_scheduler(
             optimizer,
-            steps_per_epoch=steps_per_epoch,
-            epochs=self.epochs,
-            warmup_epochs=self.warmup_epochs,
-            min_lr_ratio=self.min_lr / self.peak_lr if self.peak_lr > 0 else 0.0,
+            steps_per_epoch=self.trainer.estimated_stepping_batches / budget.epochs,
+            epochs=budget.epochs,
+            warmup_epochs=budget.warmup_epochs,
+            min_lr_ratio=budget.min_lr / self.peak_lr if self.peak_lr > 0 else 0.0,
         )
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
@@ -161,21 +175,57 @@ class ClassifierModule(pl.LightningModule, ABC):
         self.log_dict({"val_top1": top1, "val_top5": top5}, sync_dist=False, rank_zero_only=True)
 
 
-def fit_classifier(
-    module: ClassifierModule,
+@dataclass(frozen=True)
+class FitOptions:
+    """How the trained evaluations run their ``pytorch_lightning.Trainer``.
+
+    Attributes:
+        accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``.
+        devices: Lightning devices.
+        precision: ``"32"``, ``"bf16-mixed"``, ``"16-mixed"``.
+        strategy: ``"auto"`` or ``"ddp"``.
+        eval_every: Validate every this many epochs (always after the last).
+        progress: Show Lightning's progress bar.
+        trainer_kwargs: Extra ``Trainer`` arguments.
+    """
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    precision: str | int = "32"
+    strategy: str = "auto"
+    eval_every: int = 1
+    progress: bool = False
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def check_training_options(
     epochs: int,
-    accelerator: str = "auto",
-    devices: int | str | list[int] = 1,
-    precision: str | int = "32",
-    strategy: str = "auto",
-    eval_every: int = 1,
-    seed: int = 0,
-    progress: bool = False,
-    trainer_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    warmup_epochs: float,
+    batch_size: int,
+    blr: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Raise ``ValueError``, naming the option, unless the training budget makes sense.
+
+    The check of every trained evaluation (cached and augmented probes, fine-tuning);
+    recipes call it before any work starts.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if blr <= 0:
+        raise ValueError(f"blr must be > 0, got {blr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
+def fit_classifier(module: ClassifierModule, options: FitOptions, seed: int = 0) -> dict[str, Any]:
     """Train ``module`` with a real ``pytorch_lightning.Trainer`` and summarise its accuracy.
 
-    Validation runs every ``eval_every`` epochs and always after the last one.
+    Validation runs every ``options.eval_every`` epochs and always after the last one.
 
     Returns:
         ``{"top1", "top5"}`` of the final model, ``"best_top1"`` / ``"best_epoch"`` over the
@@ -184,21 +234,21 @@ def fit_classifier(
         (one ``{"epoch", "top1", "top5"}`` per evaluation, epochs counted from 1).
     """
     pl.seed_everything(seed, verbose=False)
-    kwargs = {
-        "max_epochs": epochs,
-        "accelerator": accelerator,
-        "devices": devices,
-        "precision": precision,
-        "strategy": strategy,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": progress,
-        "num_sanity_val_steps": 0,
-        "check_val_every_n_epoch": eval_every,
-        **(trainer_kwargs or {}),
-    }
-    trainer = pl.Trainer(**kwargs)
+    epochs = module.budget.epochs
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator=options.accelerator,
+        devices=options.devices,
+        precision=options.precision,
+        strategy=options.strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=options.progress,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=options.eval_every,
+        **options.trainer_kwargs,
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         # A frozen backbone in eval mode is intended; so are small datasets in the tests.

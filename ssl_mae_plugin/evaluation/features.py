@@ -10,10 +10,8 @@ it with :class:`PooledBackbone`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+
+from ssl_mae_plugin.storage import atomic_path, digest
 
 PRECISIONS = ("32", "bf16")
 
@@ -185,53 +185,6 @@ def _gather_in_dataset_order(
     return out_feats, out_labels
 
 
-def _key_hash(key_parts: dict[str, Any]) -> str:
-    text = json.dumps(key_parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def feature_cache_key(
-    checkpoint: str | os.PathLike | None = None,
-    dataset_root: str | os.PathLike | None = None,
-    split: str | None = None,
-    length: int | None = None,
-    transform: Any = None,
-    pool: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Describe a feature set for :func:`cached_features`.
-
-    A checkpoint is identified by its resolved path, modification time and size, so
-    retraining into the same file invalidates the cache; the transform by its ``repr``.
-
-    Args:
-        checkpoint: Weights the features come from (``None`` for e.g. random init; then put
-            a seed in ``extra``).
-        dataset_root: Dataset location.
-        split: Dataset split.
-        length: Number of samples.
-        transform: The evaluation transform (its ``repr`` is used).
-        pool: Feature pooling.
-        **extra: Anything else that changes the features (JSON-serialisable or ``str``-able).
-
-    Returns:
-        A JSON-friendly dict.
-    """
-    key: dict[str, Any] = {
-        "dataset_root": str(Path(dataset_root).resolve()) if dataset_root is not None else None,
-        "split": split,
-        "length": length,
-        "transform": repr(transform) if transform is not None else None,
-        "pool": pool,
-        **extra,
-    }
-    if checkpoint is not None:
-        path = Path(checkpoint).resolve()
-        stat = path.stat()
-        key["checkpoint"] = {"path": str(path), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
-    return key
-
-
 def _broadcast_decision(value: bool) -> bool:
     if not _is_distributed():
         return value
@@ -254,15 +207,14 @@ def cached_features(
 
     Args:
         cache_dir: Folder for the cache files (created if missing).
-        key_parts: What identifies the features, e.g. from :func:`feature_cache_key`.
+        key_parts: What identifies the features (JSON-friendly).
         compute: Called on a miss; returns ``(features, labels)``.
 
     Returns:
         ``(features, labels)`` as stored (CPU tensors).
     """
     cache_dir = Path(cache_dir)
-    digest = _key_hash(key_parts)
-    path = cache_dir / f"features-{digest[:32]}.pt"
+    path = cache_dir / f"features-{digest(key_parts)[:32]}.pt"
     key_text = json.dumps(key_parts, sort_keys=True, default=str)
     if _broadcast_decision(path.is_file()):
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -270,15 +222,7 @@ def cached_features(
             return stored["features"], stored["labels"]
     features, labels = compute()
     if not _is_distributed() or dist.get_rank() == 0:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         payload = {"features": features.cpu(), "labels": labels.cpu(), "key": key_text}
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".features-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as partial:
+            torch.save(payload, partial)
     return features, labels

@@ -15,19 +15,24 @@ pooling with ``fc_norm``, 5 warmup epochs then per-step cosine to ``min_lr`` [0]
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
+from timm.data import Mixup
 from timm.layers import DropPath
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import Dataset
 
-from ssl_mae_plugin.data import Normalization, eval_transform
-from ssl_mae_plugin.evaluation.classifier import ClassifierModule, fit_classifier
+from ssl_mae_plugin.data import IMAGENET_NORM, Normalization, eval_transform
+from ssl_mae_plugin.evaluation.classifier import (
+    Budget,
+    ClassifierModule,
+    FitOptions,
+    fit_classifier,
+)
 from ssl_mae_plugin.evaluation.transforms import (
     TransformedDataset,
     finetune_train_transform,
@@ -157,16 +162,11 @@ class FineTuneClassifier(ClassifierModule):
         num_classes: Classes.
         train_dataset: Yields ``(augmented image tensor, label)``.
         val_dataset: Yields ``(image tensor, label)``.
-        batch_size: Global batch size.
-        epochs: Epochs, warmup included.
-        warmup_epochs: Warmup epochs.
-        blr: Base learning rate.
-        min_lr: Cosine floor.
-        weight_decay: AdamW weight decay.
+        budget: Epochs, schedule, batch size, learning rate, AdamW weight decay, cosine floor.
         layer_decay: Layer-wise lr decay.
         mixup: Mixup alpha (0 disables).
         cutmix: CutMix alpha (0 disables).
-        smoothing: Label smoothing.
+        label_smoothing: Label smoothing.
         num_workers: Loader workers per process.
     """
 
@@ -176,38 +176,22 @@ class FineTuneClassifier(ClassifierModule):
         num_classes: int,
         train_dataset: Dataset,
         val_dataset: Dataset,
-        batch_size: int = 1024,
-        epochs: int = 100,
-        warmup_epochs: float = 5,
-        blr: float = 5e-4,
-        min_lr: float = 1e-6,
-        weight_decay: float = 0.05,
+        budget: Budget,
         layer_decay: float = 0.75,
         mixup: float = 0.8,
         cutmix: float = 1.0,
-        smoothing: float = 0.1,
+        label_smoothing: float = 0.1,
         num_workers: int = 0,
     ) -> None:
         mixing = mixup > 0 or cutmix > 0
-        super().__init__(
-            train_dataset,
-            val_dataset,
-            batch_size=batch_size,
-            epochs=epochs,
-            warmup_epochs=warmup_epochs,
-            blr=blr,
-            min_lr=min_lr,
-            num_workers=num_workers,
-            even_batches=mixing,
-        )
+        super().__init__(train_dataset, val_dataset, budget, num_workers, even_batches=mixing)
         self.model = model
-        self.weight_decay = weight_decay
         self.layer_decay = layer_decay
         self.mixup_fn = (
             Mixup(
                 mixup_alpha=mixup,
                 cutmix_alpha=cutmix,
-                label_smoothing=smoothing,
+                label_smoothing=label_smoothing,
                 num_classes=num_classes,
             )
             if mixing
@@ -215,8 +199,8 @@ class FineTuneClassifier(ClassifierModule):
         )
         if mixing:  # smoothing is inside the soft mixed targets
             self.criterion: nn.Module = SoftTargetCrossEntropy()
-        elif smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(smoothing=smoothing)
+        elif label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=label_smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
 
@@ -236,9 +220,41 @@ class FineTuneClassifier(ClassifierModule):
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW (0.9, 0.999) over layer-decayed groups."""
         groups = layer_decay_param_groups(
-            self.model, self.peak_lr, weight_decay=self.weight_decay, layer_decay=self.layer_decay
+            self.model,
+            self.peak_lr,
+            weight_decay=self.budget.weight_decay,
+            layer_decay=self.layer_decay,
         )
         return torch.optim.AdamW(groups, lr=self.peak_lr, betas=(0.9, 0.999))
+
+
+def check_finetune_options(
+    layer_decay: float,
+    drop_path: float,
+    mixup: float,
+    cutmix: float,
+    label_smoothing: float,
+    re_prob: float,
+    min_lr: float = 0.0,
+    auto_augment: str | None = None,
+    global_pool: bool = True,
+    **budget: Any,
+) -> None:
+    """Raise ``ValueError``, naming the option, for settings :func:`finetune` cannot take.
+
+    ``budget`` holds the training budget, checked by :class:`Budget` when given.
+    """
+    if budget:
+        Budget(**budget, min_lr=min_lr)
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    for name, value in (("drop_path", drop_path), ("re_prob", re_prob)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if mixup < 0 or cutmix < 0 or min_lr < 0:
+        raise ValueError(f"mixup, cutmix and min_lr must be >= 0, got {mixup}, {cutmix}, {min_lr}")
 
 
 def finetune(
@@ -247,8 +263,7 @@ def finetune(
     val_dataset: Dataset,
     num_classes: int,
     image_size: int = 224,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    normalization: Normalization = IMAGENET_NORM,
     epochs: int = 100,
     warmup_epochs: float = 5,
     batch_size: int = 1024,
@@ -256,10 +271,10 @@ def finetune(
     min_lr: float = 1e-6,
     weight_decay: float = 0.05,
     layer_decay: float = 0.75,
-    drop_path_rate: float = 0.1,
+    drop_path: float = 0.1,
     mixup: float = 0.8,
     cutmix: float = 1.0,
-    smoothing: float = 0.1,
+    label_smoothing: float = 0.1,
     auto_augment: str | None = "rand-m9-mstd0.5-inc1",
     re_prob: float = 0.25,
     global_pool: bool = True,
@@ -267,14 +282,8 @@ def finetune(
     train_transform: Callable | None = None,
     val_transform: Callable | None = None,
     num_workers: int = 0,
-    accelerator: str = "auto",
-    devices: int | str | list[int] = 1,
-    precision: str | int = "32",
-    strategy: str = "auto",
-    eval_every: int = 1,
+    fit: FitOptions | None = None,
     seed: int = 0,
-    progress: bool = False,
-    trainer_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a copy of ``vit`` with the MAE recipe through a ``pytorch_lightning.Trainer``.
 
@@ -289,8 +298,7 @@ def finetune(
         val_dataset: Same for validation.
         num_classes: Classes.
         image_size: Input size (must match ``vit``).
-        mean: Normalisation mean.
-        std: Normalisation std.
+        normalization: Input normalisation.
         epochs: Epochs, warmup included.
         warmup_epochs: Warmup epochs.
         batch_size: Global batch size (even per process when mixing).
@@ -298,10 +306,10 @@ def finetune(
         min_lr: Floor of the cosine.
         weight_decay: AdamW weight decay.
         layer_decay: Layer-wise lr decay.
-        drop_path_rate: Stochastic depth.
+        drop_path: Stochastic depth of the last block.
         mixup: Mixup alpha.
         cutmix: CutMix alpha.
-        smoothing: Label smoothing.
+        label_smoothing: Label smoothing.
         auto_augment: timm RandAugment policy (``None`` to disable).
         re_prob: Random-erasing probability.
         global_pool: Average pooling + ``fc_norm`` (else the cls token).
@@ -309,60 +317,36 @@ def finetune(
         train_transform: Replaces the default training transform.
         val_transform: Replaces the default evaluation transform.
         num_workers: Loader workers per process.
-        accelerator: Lightning accelerator.
-        devices: Lightning devices.
-        precision: Lightning precision.
-        strategy: Lightning strategy.
-        eval_every: Validate every this many epochs (always after the last).
+        fit: How the Trainer runs (device, precision, strategy, ...).
         seed: Seed for the head, drop path, augmentation and data order.
-        progress: Show Lightning's progress bar.
-        trainer_kwargs: Extra ``Trainer`` arguments.
 
     Returns:
         ``{"top1", "top5", "best_top1", "best_epoch", "last_top1", "epochs", "seconds",
         "history"}``, accuracies as fractions in ``[0, 1]``.
     """
+    budget = Budget(epochs, warmup_epochs, batch_size, blr, weight_decay, min_lr)
+    check_finetune_options(layer_decay, drop_path, mixup, cutmix, label_smoothing, re_prob)
     if train_transform is None:
         train_transform = finetune_train_transform(
-            image_size, mean, std, auto_augment=auto_augment, re_prob=re_prob
+            image_size, normalization, auto_augment=auto_augment, re_prob=re_prob
         )
     train = TransformedDataset(train_dataset, train_transform)
     val = TransformedDataset(
-        val_dataset,
-        val_transform
-        or eval_transform(image_size, Normalization(tuple(mean), tuple(std)), crop_pct),
+        val_dataset, val_transform or eval_transform(image_size, normalization, crop_pct)
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = vit_classifier(
-            vit, num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate
-        )
+        model = vit_classifier(vit, num_classes, global_pool=global_pool, drop_path_rate=drop_path)
     module = FineTuneClassifier(
         model,
         num_classes=num_classes,
         train_dataset=train,
         val_dataset=val,
-        batch_size=batch_size,
-        epochs=epochs,
-        warmup_epochs=warmup_epochs,
-        blr=blr,
-        min_lr=min_lr,
-        weight_decay=weight_decay,
+        budget=budget,
         layer_decay=layer_decay,
         mixup=mixup,
         cutmix=cutmix,
-        smoothing=smoothing,
+        label_smoothing=label_smoothing,
         num_workers=num_workers,
     )
-    return fit_classifier(
-        module,
-        epochs=epochs,
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        strategy=strategy,
-        eval_every=eval_every,
-        seed=seed,
-        progress=progress,
-        trainer_kwargs=trainer_kwargs,
-    )
+    return fit_classifier(module, options=fit or FitOptions(), seed=seed)

@@ -55,6 +55,14 @@ def knn_predict_scores(
     return scores.scatter_add_(1, neighbour_labels, weights)  # [M, C]
 
 
+def check_knn_options(k: int, temperature: float) -> None:
+    """Raise ``ValueError``, naming the option, unless ``k >= 1`` and ``temperature > 0``."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 @torch.no_grad()
 def knn_classify(
     train_features: torch.Tensor,
@@ -97,10 +105,7 @@ def knn_classify(
         ValueError: If ``k < 1``, ``temperature <= 0``, the bank is empty or the shapes
             disagree.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got k={k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_knn_options(k, temperature)
     if train_features.ndim != 2 or val_features.ndim != 2:
         raise ValueError("train_features and val_features must be 2-D [N, D]")
     if train_features.shape[1] != val_features.shape[1]:

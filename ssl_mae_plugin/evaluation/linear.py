@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import Dataset
 
-from ssl_mae_plugin.data import Normalization, eval_transform
+from ssl_mae_plugin.data import IMAGENET_NORM, Normalization, eval_transform
 from ssl_mae_plugin.evaluation.classifier import (
+    Budget,
     ClassifierModule,
+    FitOptions,
     fit_classifier,
     summarize_history,
 )
@@ -140,8 +141,7 @@ def linear_probe(
         raise ValueError("features must be 2-D [N, D]")
     if len(train_features) != len(train_labels) or len(val_features) != len(val_labels):
         raise ValueError("features and labels must have the same number of rows")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    warmup_epochs = Budget(epochs, warmup_epochs, batch_size, blr, weight_decay).warmup_epochs
     if optimizer not in PROBE_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {PROBE_OPTIMIZERS}, got {optimizer!r}")
     if num_classes is None:
@@ -199,11 +199,7 @@ class AugmentedLinearProbe(ClassifierModule):
         num_classes: ``C``.
         train_dataset: Yields ``(augmented image tensor, label)``.
         val_dataset: Yields ``(image tensor, label)``.
-        batch_size: Global batch size.
-        epochs: Epochs, warmup included.
-        warmup_epochs: Warmup epochs.
-        blr: Base learning rate.
-        weight_decay: LARS weight decay.
+        budget: Epochs, schedule, batch size, learning rate and LARS weight decay.
         num_workers: Loader workers per process.
     """
 
@@ -214,25 +210,12 @@ class AugmentedLinearProbe(ClassifierModule):
         num_classes: int,
         train_dataset: Dataset,
         val_dataset: Dataset,
-        batch_size: int = 256,
-        epochs: int = 90,
-        warmup_epochs: float = 10,
-        blr: float = 0.1,
-        weight_decay: float = 0.0,
+        budget: Budget,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(
-            train_dataset,
-            val_dataset,
-            batch_size=batch_size,
-            epochs=epochs,
-            warmup_epochs=warmup_epochs,
-            blr=blr,
-            num_workers=num_workers,
-        )
+        super().__init__(train_dataset, val_dataset, budget, num_workers)
         self.backbone = backbone
         self.head = LinearHead(feature_dim, num_classes)
-        self.weight_decay = weight_decay
 
     def train(self, mode: bool = True) -> AugmentedLinearProbe:
         """Set the head's mode; the backbone always stays in eval mode."""
@@ -259,7 +242,7 @@ class AugmentedLinearProbe(ClassifierModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """LARS over the head only (BN has no parameters; the bias gets no trust ratio)."""
-        return LARS(self.head.parameters(), lr=self.peak_lr, weight_decay=self.weight_decay)
+        return LARS(self.head.parameters(), lr=self.peak_lr, weight_decay=self.budget.weight_decay)
 
 
 @torch.no_grad()
@@ -279,8 +262,7 @@ def augmented_linear_probe(
     val_dataset: Dataset,
     num_classes: int,
     image_size: int = 224,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    normalization: Normalization = IMAGENET_NORM,
     epochs: int = 90,
     warmup_epochs: float = 10,
     batch_size: int = 16384,
@@ -290,14 +272,8 @@ def augmented_linear_probe(
     train_transform: Callable | None = None,
     val_transform: Callable | None = None,
     num_workers: int = 0,
-    accelerator: str = "auto",
-    devices: int | str | list[int] = 1,
-    precision: str | int = "32",
-    strategy: str = "auto",
-    eval_every: int = 1,
+    fit: FitOptions | None = None,
     seed: int = 0,
-    progress: bool = False,
-    trainer_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The MAE paper's linear probe end to end, trained by a ``pytorch_lightning.Trainer`` [0].
 
@@ -319,8 +295,7 @@ def augmented_linear_probe(
         val_dataset: Same for validation.
         num_classes: ``C``.
         image_size: Network input size.
-        mean: Normalisation mean.
-        std: Normalisation std.
+        normalization: Input normalisation.
         epochs: Epochs, warmup included.
         warmup_epochs: Warmup epochs.
         batch_size: Global batch size; the training set must hold at least one batch.
@@ -330,26 +305,19 @@ def augmented_linear_probe(
         train_transform: Replaces the default training transform.
         val_transform: Replaces the default evaluation transform.
         num_workers: Loader workers per process.
-        accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``).
-        devices: Lightning devices.
-        precision: Lightning precision (``"32"``, ``"bf16-mixed"``, ``"16-mixed"``).
-        strategy: Lightning strategy (``"auto"``, ``"ddp"``).
-        eval_every: Validate every this many epochs (always after the last).
+        fit: How the Trainer runs (device, precision, strategy, ...).
         seed: Seed for the head and the data order.
-        progress: Show Lightning's progress bar.
-        trainer_kwargs: Extra ``Trainer`` arguments.
 
     Returns:
         ``{"top1", "top5", "best_top1", "best_epoch", "last_top1", "epochs", "seconds",
         "history"}``, accuracies as fractions in ``[0, 1]``.
     """
+    budget = Budget(epochs, warmup_epochs, batch_size, blr, weight_decay)
     train = TransformedDataset(
-        train_dataset, train_transform or probe_train_transform(image_size, mean, std)
+        train_dataset, train_transform or probe_train_transform(image_size, normalization)
     )
     val = TransformedDataset(
-        val_dataset,
-        val_transform
-        or eval_transform(image_size, Normalization(tuple(mean), tuple(std)), crop_pct),
+        val_dataset, val_transform or eval_transform(image_size, normalization, crop_pct)
     )
     grad_flags = [(p, p.requires_grad) for p in backbone.parameters()]
     first = next(backbone.parameters(), None)
@@ -365,25 +333,10 @@ def augmented_linear_probe(
                     num_classes=num_classes,
                     train_dataset=train,
                     val_dataset=val,
-                    batch_size=batch_size,
-                    epochs=epochs,
-                    warmup_epochs=warmup_epochs,
-                    blr=blr,
-                    weight_decay=weight_decay,
+                    budget=budget,
                     num_workers=num_workers,
                 )
-            return fit_classifier(
-                module,
-                epochs=epochs,
-                accelerator=accelerator,
-                devices=devices,
-                precision=precision,
-                strategy=strategy,
-                eval_every=eval_every,
-                seed=seed,
-                progress=progress,
-                trainer_kwargs=trainer_kwargs,
-            )
+            return fit_classifier(module, options=fit or FitOptions(), seed=seed)
         finally:
             backbone.to(device)
             for param, flag in grad_flags:

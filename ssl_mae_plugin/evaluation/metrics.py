@@ -1,4 +1,9 @@
-"""Top-k accuracy counting shared by k-NN, the linear probes and fine-tuning."""
+"""Top-k accuracy counting shared by k-NN, the linear probes and fine-tuning.
+
+Ours rather than ``timm.utils.accuracy``: that one returns a float percentage of the batch
+from ``topk``, whose order among tied scores is unspecified (k-NN votes tie often); exact
+integer counts with ties broken towards the lower class make results reproducible.
+"""
 
 from __future__ import annotations
 

@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
+
+from ssl_mae_plugin.data import IMAGENET_NORM, Normalization
 
 
 def to_pil(image: Any) -> Image.Image:
@@ -28,9 +30,7 @@ def to_pil(image: Any) -> Image.Image:
 
 
 def probe_train_transform(
-    image_size: int,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    image_size: int, normalization: Normalization = IMAGENET_NORM
 ) -> T.Compose:
     """The linear probe's weak augmentation: bicubic RandomResizedCrop + horizontal flip [0]."""
     return T.Compose(
@@ -38,15 +38,14 @@ def probe_train_transform(
             T.RandomResizedCrop(image_size, interpolation=T.InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
-            T.Normalize(mean=mean, std=std),
+            T.Normalize(mean=normalization.mean, std=normalization.std),
         ]
     )
 
 
 def finetune_train_transform(
     image_size: int,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    normalization: Normalization = IMAGENET_NORM,
     auto_augment: str | None = "rand-m9-mstd0.5-inc1",
     re_prob: float = 0.25,
 ) -> T.Compose:
@@ -64,8 +63,8 @@ def finetune_train_transform(
         re_prob=re_prob,
         re_mode="pixel",
         re_count=1,
-        mean=tuple(mean),
-        std=tuple(std),
+        mean=normalization.mean,
+        std=normalization.std,
     )
     return timm_transform
 

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from ssl_mae_plugin.mae.encoder import VIT_SIZES
+
 if TYPE_CHECKING:
     from ssl_mae_plugin.mae.model import MAE
 
 POS_TABLE_KEYS = ("pos_embed", "decoder_pos_embed")
 # Head counts of the published architectures; shapes alone do not tell them.
-ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-DECODER_HEADS = {256: 8, 512: 16}
+ENCODER_HEADS = {size["embed_dim"]: size["num_heads"] for size in VIT_SIZES.values()}
+DECODER_HEADS = {256: 8, 512: 16}  # ours for Tiny / Small, the paper's for B / L / H
 
 
 def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

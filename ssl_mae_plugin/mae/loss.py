@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _patch_moments(target: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # Two reductions: faster than torch.var_mean (Welford) on the CPU, and the same numbers.
+    mean = target.mean(dim=-1, keepdim=True)
+    return mean, (target.var(dim=-1, keepdim=True) + eps) ** 0.5
+
+
 def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch normalisation of the target ("norm-pix" in [0]).
 
@@ -22,10 +28,20 @@ def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     Returns:
         The normalised target, same shape.
     """
-    # Two reductions: faster than torch.var_mean (Welford) on the CPU, and the same numbers.
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps) ** 0.5
+    mean, scale = _patch_moments(target, eps)
+    return (target - mean) / scale
+
+
+def denormalize_patches(
+    pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Map norm-pix predictions back to pixels with each true patch's mean and scale.
+
+    The inverse of :func:`normalize_patches` for the patches of ``target``; used to show
+    what a norm-pix model predicts.
+    """
+    mean, scale = _patch_moments(target, eps)
+    return pred * scale + mean
 
 
 def masked_mse_loss(

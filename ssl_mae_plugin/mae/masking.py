@@ -1,12 +1,16 @@
-"""Per-sample random masking of patch tokens.
+"""Per-sample random masking of patch tokens, and the seeded noise that decides it.
 
 - [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
+- [1]: Fast Splittable Pseudorandom Number Generators (SplitMix), 2014,
+  https://doi.org/10.1145/2714064.2660195
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -25,15 +29,23 @@ class Masking(NamedTuple):
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """Number of visible patches: ``int(L * (1 - mask_ratio))`` as in the official code [0]."""
-    check_mask_ratio(mask_ratio)
-    return int(num_patches * (1 - mask_ratio))
+    """Visible patches per image, ``int(L * (1 - mask_ratio))`` as the official code [0].
 
+    The one check of a mask ratio: at least one patch must stay visible and at least one
+    be removed (the loss is an average over the removed patches).
 
-def check_mask_ratio(mask_ratio: float) -> None:
-    """Raise ``ValueError`` unless ``0 <= mask_ratio < 1``."""
-    if not 0.0 <= float(mask_ratio) < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
+    Raises:
+        ValueError: Naming ``mask_ratio`` unless ``1 <= int(L * (1 - mask_ratio)) < L``.
+    """
+    ratio = float(mask_ratio)
+    kept = int(num_patches * (1 - ratio))
+    if not (0.0 <= ratio < 1.0 and 1 <= kept < num_patches):
+        raise ValueError(
+            f"mask_ratio must leave at least one of the {num_patches} patches visible and "
+            f"remove at least one (1 <= int({num_patches} * (1 - mask_ratio)) < {num_patches}), "
+            f"got {mask_ratio!r}"
+        )
+    return kept
 
 
 def shuffle_ids(
@@ -45,8 +57,8 @@ def shuffle_ids(
     """Per-sample patch order of the masking shuffle: ``argsort`` of the noise [0].
 
     The first ``len_keep`` entries of each row are the visible patches, the rest the
-    removed ones; :func:`random_masking` and :meth:`MAE.training_loss` share this draw, so
-    the same ``noise`` removes the same patches in both.
+    removed ones; the plain and the training forward pass share this draw, so the same
+    ``noise`` removes the same patches in both.
 
     Args:
         num_samples: Batch size ``N``.
@@ -74,6 +86,15 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, dim=1, index=ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def restore_mask(ids_restore: torch.Tensor, len_keep: int) -> torch.Tensor:
+    """Binary mask ``[N, L]`` in the original patch order: 1 removed, 0 visible.
+
+    A patch is removed when its rank in the shuffle is ``len_keep`` or more. float32 even
+    under autocast, so that ``mask.sum()`` stays exact for large batches.
+    """
+    return (ids_restore >= len_keep).to(torch.float32)
+
+
 def random_masking(
     x: torch.Tensor,
     mask_ratio: float,
@@ -86,14 +107,14 @@ def random_masking(
 
     Args:
         x: Patch tokens ``[N, L, D]`` (no cls token).
-        mask_ratio: Fraction of tokens to remove, in ``[0, 1)``.
+        mask_ratio: Fraction of tokens to remove (see :func:`num_kept`).
         noise: Optional ``[N, L]`` noise; uniform random noise is drawn when omitted.
 
     Returns:
         The kept tokens, the binary mask (1 = removed) and the indices restoring the order.
 
     Raises:
-        ValueError: If ``mask_ratio`` is outside ``[0, 1)`` or ``noise`` has the wrong shape.
+        ValueError: If ``mask_ratio`` keeps all or no tokens, or ``noise`` has the wrong shape.
     """
     n, length, _ = x.shape
     len_keep = num_kept(length, mask_ratio)
@@ -103,10 +124,43 @@ def random_masking(
     return Masking(kept=kept, mask=restore_mask(ids_restore, len_keep), ids_restore=ids_restore)
 
 
-def restore_mask(ids_restore: torch.Tensor, len_keep: int) -> torch.Tensor:
-    """Binary mask ``[N, L]`` in the original patch order: 1 removed, 0 visible.
+# -- seeded noise: a counter-based stream per sample seed [1] ---------------------------------
 
-    A patch is removed when its rank in the shuffle is ``len_keep`` or more. float32 even
-    under autocast, so that ``mask.sum()`` stays exact for large batches.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(values: np.ndarray | int) -> np.ndarray:
+    """SplitMix64's finaliser of ``values + golden ratio`` (uint64, element-wise) [1]."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(values, dtype=np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def uniform_from_seeds(seeds: Sequence[int], count: int, stream: int = 0) -> np.ndarray:
+    """``[N, count]`` uniform floats in ``[0, 1)``, row ``i`` a function of ``seeds[i]`` only.
+
+    ``stream`` separates independent uses of the same sample seed (masks, crops).
     """
-    return (ids_restore >= len_keep).to(torch.float32)
+    seed_array = np.asarray([int(s) for s in seeds], dtype=np.uint64)
+    counters = np.arange(count, dtype=np.uint64) + np.uint64(stream << 32)
+    with np.errstate(over="ignore"):
+        z = splitmix64(seed_array[:, None] + counters[None, :] * _GOLDEN)
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+MASK_STREAM = 1
+
+
+def noise_from_seeds(
+    seeds: Sequence[int], num_patches: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Masking noise ``[N, L]`` (float64: no ties), each row from its sample's seed alone.
+
+    The mask of a sample then depends on its seed only, not on the batch it is in, the
+    number of processes or what ran before: resumed and multi-process runs see the masks
+    of a single uninterrupted run.
+    """
+    noise = uniform_from_seeds(seeds, num_patches, stream=MASK_STREAM)
+    return torch.from_numpy(noise).to(device, non_blocking=True)

@@ -1,7 +1,8 @@
-"""Reconstruction figures as in the official MAE demo.
+"""What the official MAE demo shows, as tensors: original, masked, reconstruction, pasted.
 
-Four panels per image: original, masked, reconstruction, and the reconstruction with the
-visible patches pasted back.
+Drawing needs matplotlib and lives outside the core:
+``ssl_mae_plugin.mae.visualize.save_reconstruction_figure`` is re-exported lazily from
+:mod:`ssl_mae_plugin.report.figures`.
 
 - [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
 """
@@ -9,17 +10,14 @@ visible patches pasted back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from matplotlib.figure import Figure
 
+from ssl_mae_plugin.mae.loss import denormalize_patches
 from ssl_mae_plugin.mae.model import MAE
 from ssl_mae_plugin.mae.patches import patchify, unpatchify
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PANEL_TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
 NORM_PIX_NOTE = "norm-pix: predictions un-normalised with each target patch's own mean/variance"
 
@@ -33,6 +31,18 @@ class Panels(NamedTuple):
     pasted: torch.Tensor
 
 
+class ImageGrid(NamedTuple):
+    """Images ready to draw: one row per image, one titled column per view.
+
+    Attributes:
+        title: The figure's title (lines separated by newlines).
+        columns: Column title -> ``[N, H, W, C]`` float images in ``[0, 1]``.
+    """
+
+    title: str
+    columns: dict[str, torch.Tensor]
+
+
 @torch.no_grad()
 def reconstruction_panels(
     model: MAE,
@@ -40,35 +50,22 @@ def reconstruction_panels(
     mask_ratio: float | None = None,
     noise: torch.Tensor | None = None,
 ) -> Panels:
-    """Run the model once and assemble the four demo panels.
+    """Run the model once (in eval mode) and assemble the four demo panels [0].
 
     Removed patches are zero in normalised space in the "masked" panel (the dataset mean
-    colour once un-normalised). For a norm-pix model each predicted patch is mapped back to
-    pixels with the mean and unbiased variance of the true patch, as the targets were built.
-
-    Args:
-        model: A trained (or untrained) :class:`MAE`.
-        images: ``[N, C, H, W]`` normalised images.
-        mask_ratio: Fraction of patches to remove; the model's default when omitted.
-        noise: Optional ``[N, L]`` masking noise.
-
-    Returns:
-        :class:`Panels` in normalised input space.
+    colour once un-normalised). A norm-pix model's predictions are mapped back to pixels
+    with each true patch's mean and variance, as its targets were built.
     """
     was_training = model.training
     model.eval()
     out = model(images, mask_ratio=mask_ratio, noise=noise)
     model.train(was_training)
-
     pred = out.pred.float()
     if model.norm_pix_loss:
-        target = patchify(images, model.patch_size)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
-    reconstruction = unpatchify(pred, model.patch_size, model.grid_size, model.in_chans)
-    pixel_mask = out.mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1])  # [N, L, p*p*C]
-    pixel_mask = unpatchify(pixel_mask, model.patch_size, model.grid_size, model.in_chans)
+        pred = denormalize_patches(pred, patchify(images, model.patch_size))
+    shape = (model.patch_size, model.grid_size, model.in_chans)
+    reconstruction = unpatchify(pred, *shape)
+    pixel_mask = unpatchify(out.mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]), *shape)
     return Panels(
         original=images,
         masked=images * (1 - pixel_mask),
@@ -84,55 +81,35 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (images.cpu() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1)
 
 
-def save_reconstruction_figure(
+def reconstruction_grid(
     model: MAE,
     images: torch.Tensor,
-    path: str | Path,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float],
+    std: Sequence[float],
     mask_ratio: float | None = None,
     noise: torch.Tensor | None = None,
     title: str | None = None,
-) -> Path:
-    """Save a grid with one row per image and the four demo panels as columns.
+) -> ImageGrid:
+    """The four panels of ``images`` (normalised with ``mean``/``std``) as an :class:`ImageGrid`.
 
-    Args:
-        model: The MAE to visualise.
-        images: ``[N, C, H, W]`` images normalised with ``mean`` and ``std``.
-        path: Where to write the PNG; parent folders are created.
-        mean: Per-channel mean of the input normalisation.
-        std: Per-channel standard deviation of the input normalisation.
-        mask_ratio: Fraction of patches to remove; the model's default when omitted.
-        noise: Optional ``[N, L]`` masking noise.
-        title: Figure title; the norm-pix note is appended for norm-pix models.
-
-    Returns:
-        The path written.
+    The title states the mask ratio and, for norm-pix models, how predictions were mapped
+    back to pixels.
     """
     panels = reconstruction_panels(model, images, mask_ratio=mask_ratio, noise=noise)
-    columns = [denormalize(panel, mean, std) for panel in panels]
-    rows = images.shape[0]
-    fig = Figure(figsize=(8, 2 * rows + 0.6))
-    axes = fig.subplots(rows, 4, squeeze=False)
-    for row in range(rows):
-        for col, column in enumerate(columns):
-            ax = axes[row][col]
-            picture = column[row].numpy()
-            if picture.shape[-1] == 1:
-                ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(picture)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(PANEL_TITLES[col], fontsize=9)
     ratio = model.mask_ratio if mask_ratio is None else mask_ratio
-    lines = [title or f"MAE reconstructions, mask ratio {ratio:.2f}"]
+    lines = [f"{title or 'MAE reconstructions'}: mask ratio {ratio:.2f}"]
     if model.norm_pix_loss:
         lines.append(NORM_PIX_NOTE)
-    fig.suptitle("\n".join(lines), fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    columns = {
+        name: denormalize(panel, mean, std)
+        for name, panel in zip(PANEL_TITLES, panels, strict=True)
+    }
+    return ImageGrid(title="\n".join(lines), columns=columns)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "save_reconstruction_figure":  # needs matplotlib: imported on first use
+        from ssl_mae_plugin.report.figures import save_reconstruction_figure
+
+        return save_reconstruction_figure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,30 +10,36 @@ Each method subclasses :class:`SSLMethod`, builds its networks, and implements
 
 from __future__ import annotations
 
-import warnings
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
 from lightly.utils.benchmarking import OnlineLinearClassifier
 from lightly.utils.lars import LARS
+from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
-from ssl_mae_plugin.backbones import build_backbone, is_convnet
+from ssl_mae_plugin.backbones import (
+    available_backbones,
+    build_backbone,
+    is_convnet,
+    is_known_backbone,
+    is_vit,
+)
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.schedules import warmup_cosine_scheduler
+from ssl_mae_plugin.mae.visualize import ImageGrid
+from ssl_mae_plugin.schedules import clip_warmup, warmup_cosine_scheduler
 
-OPTIMIZERS = ("adamw", "lars", "sgd")
+Optimizer = Literal["adamw", "lars", "sgd"]
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or its gradients became NaN or infinite (training stops before a step)."""
-
-
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
 
 
 @dataclass(frozen=True)
@@ -56,25 +62,6 @@ class OptimizerDefaults:
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
     warmup_fraction: float = 0.05
-
-
-def is_no_decay(name: str, param: Tensor) -> bool:
-    """Norm weights, biases (1-D), position tables and cls/mask tokens get no weight decay."""
-    return param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES
-
-
-def parameter_groups(
-    named_parameters: Iterable[tuple[str, Tensor]], weight_decay: float
-) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed and a non-decayed group."""
-    decay, no_decay = [], []
-    for name, param in named_parameters:
-        if param.requires_grad:
-            (no_decay if is_no_decay(name, param) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 class SSLMethod(pl.LightningModule, ABC):
@@ -121,7 +108,7 @@ class SSLMethod(pl.LightningModule, ABC):
         weight_decay: float | None = None,
         warmup_epochs: float | None = None,
         min_lr: float = 0.0,
-        optimizer: str | None = None,
+        optimizer: Optimizer | None = None,
         online_probe: bool = False,
         seed: int = 0,
     ) -> None:
@@ -154,6 +141,28 @@ class SSLMethod(pl.LightningModule, ABC):
             return cls.convnet_optimizer_defaults
         return cls.optimizer_defaults
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` for constructor arguments the method cannot take.
+
+        Recipes call this with every argument (defaults included) before any work starts.
+        A message starts with the name of the offending argument, so that the recipe can
+        prefix its path (``methods.0.mask_ratio must ...``). Subclasses extend it with
+        their own arguments, reusing the checks of the code that uses them.
+        """
+        backbone = options["backbone"]
+        if not is_known_backbone(backbone):
+            raise ValueError(
+                f"backbone: unknown backbone {backbone!r}; choose from "
+                f"{', '.join(available_backbones())} or a timm model name"
+            )
+        patch_size, image_size = options["patch_size"], options["image_size"]
+        if is_vit(backbone) and image_size % patch_size:
+            raise ValueError(
+                f"patch_size={patch_size} does not divide the image size {image_size} "
+                "(data.image_size)"
+            )
+
     @abstractmethod
     def default_transform(self, normalization: Normalization) -> Callable:
         """The lightly transform producing this method's views at ``self.image_size``."""
@@ -185,6 +194,15 @@ class SSLMethod(pl.LightningModule, ABC):
     def feature_dim(self) -> int:
         """Width ``D`` of :meth:`forward_features`."""
         return int(self.backbone.num_features)
+
+    def report_images(self, images: Tensor, normalization: Normalization) -> dict[str, ImageGrid]:
+        """Method-specific figures for the report, by file stem (none by default).
+
+        Args:
+            images: ``[N, C, H, W]`` normalised validation images.
+            normalization: How they were normalised.
+        """
+        return {}
 
     def setup_online_probe(self) -> None:
         """Create the online classifier; subclasses call this after building the backbone."""
@@ -261,17 +279,14 @@ class SSLMethod(pl.LightningModule, ABC):
             )
 
     def optimizer_parameters(self) -> list[dict[str, Any]]:
-        """Parameter groups: the method's networks, then the online probe (no decay)."""
-        named = [
-            (name, param)
-            for name, param in self.named_parameters()
-            if not name.startswith("online_classifier.")
-        ]
-        groups = parameter_groups(named, self.weight_decay)
-        if self.online_classifier is not None:
-            groups.append(
-                {"params": list(self.online_classifier.parameters()), "weight_decay": 0.0}
-            )
+        """Parameter groups: no weight decay for biases, 1-D parameters and the online probe.
+
+        timm's ``param_groups_weight_decay``, the grouping facebookresearch/mae pretrains
+        with (cls and mask tokens are decayed there too).
+        """
+        probe = self.online_classifier
+        names = [name for name, _ in probe.named_parameters("online_classifier")] if probe else []
+        groups = param_groups_weight_decay(self, self.weight_decay, no_weight_decay_list=names)
         return [group for group in groups if group["params"]]
 
     @property
@@ -305,14 +320,7 @@ class SSLMethod(pl.LightningModule, ABC):
             if self.warmup_epochs is None
             else self.warmup_epochs
         )
-        warmup_steps = round(warmup_epochs * steps_per_epoch)
-        if warmup_steps > total_steps:
-            warnings.warn(
-                f"warmup_epochs={warmup_epochs} is longer than the run ({max_epochs} epochs); "
-                "clipped to the run length",
-                stacklevel=2,
-            )
-            warmup_steps = total_steps
+        warmup_steps = clip_warmup(round(warmup_epochs * steps_per_epoch), total_steps, "steps")
         scheduler = warmup_cosine_scheduler(
             optimizer,
             steps_per_epoch=1,  # in steps: warmup and cosine per optimizer step [0]
@@ -334,8 +342,3 @@ class SSLMethod(pl.LightningModule, ABC):
         if done >= self.trainer.num_training_batches:
             epoch, done = epoch + 1, 0
         checkpoint["data_position"] = {"epoch": int(epoch), "batches_done": int(done)}
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters of a module (trainable or not)."""
-    return sum(param.numel() for param in module.parameters())

@@ -5,32 +5,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightly.transforms import MAETransform
 from torch import Tensor
 
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.loading import noise_from_seeds
-from ssl_mae_plugin.mae.model import (
-    MAE,
-    mae_vit_base_patch16,
-    mae_vit_huge_patch14,
-    mae_vit_large_patch16,
-    mae_vit_small_patch16,
-    mae_vit_tiny_patch16,
-)
+from ssl_mae_plugin.mae import MAE, MAE_FACTORIES, noise_from_seeds, num_kept
+from ssl_mae_plugin.mae.visualize import ImageGrid, reconstruction_grid
 from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
 
-MAE_FACTORIES: dict[str, Callable[..., MAE]] = {
-    "vit_tiny": mae_vit_tiny_patch16,
-    "vit_small": mae_vit_small_patch16,
-    "vit_base": mae_vit_base_patch16,
-    "vit_large": mae_vit_large_patch16,
-    "vit_huge": mae_vit_huge_patch14,
-}
+Pool = Literal["cls", "mean"]
+
+
+def mae_factory(backbone: str) -> Callable[..., MAE]:
+    """The MAE factory of a named ViT size.
+
+    Raises:
+        ValueError: Naming the backbone when it is not one of our ViTs.
+    """
+    if backbone not in MAE_FACTORIES:
+        raise ValueError(
+            f"backbone: mae needs a ViT ({', '.join(MAE_FACTORIES)}), got {backbone!r}"
+        )
+    return MAE_FACTORIES[backbone]
 
 
 class MAEMethod(SSLMethod):
@@ -68,23 +68,19 @@ class MAEMethod(SSLMethod):
         decoder_embed_dim: int | None = None,
         decoder_depth: int | None = None,
         decoder_num_heads: int | None = None,
-        pool: str = "cls",
+        pool: Pool = "cls",
         grad_checkpointing: bool = False,
         compile: bool | None = None,
         **common: Any,
     ) -> None:
         super().__init__(**common)
         self.save_hyperparameters()
-        if self.backbone_name not in MAE_FACTORIES:
-            raise ValueError(
-                f"mae needs a ViT backbone ({', '.join(MAE_FACTORIES)}), got {self.backbone_name!r}"
-            )
         decoder = {
             "decoder_embed_dim": decoder_embed_dim,
             "decoder_depth": decoder_depth,
             "decoder_num_heads": decoder_num_heads,
         }
-        self.model = MAE_FACTORIES[self.backbone_name](
+        self.model = mae_factory(self.backbone_name)(
             img_size=self.image_size,
             patch_size=self.patch_size,
             mask_ratio=mask_ratio,
@@ -103,6 +99,14 @@ class MAEMethod(SSLMethod):
         if compile:
             self.training_loss = torch.compile(self.model.training_loss)
         self.setup_online_probe()
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """A ViT backbone, and a mask ratio that keeps and removes at least one patch."""
+        mae_factory(options["backbone"])
+        super().check_options(options)
+        grid = options["image_size"] // options["patch_size"]
+        num_kept(grid * grid, options["mask_ratio"])
 
     def on_fit_start(self) -> None:
         """Compile the training loss on CUDA unless the recipe said otherwise."""
@@ -129,3 +133,18 @@ class MAEMethod(SSLMethod):
     def forward_features(self, images: Tensor) -> Tensor:
         """Encoder features of whole images (cls token or mean of patch tokens)."""
         return self.model.forward_features(images, pool=self.pool)
+
+    def report_images(self, images: Tensor, normalization: Normalization) -> dict[str, ImageGrid]:
+        """Reconstructions of validation images (seeded masks) as in the paper's figures."""
+        noise = torch.rand(
+            len(images), self.model.num_patches, generator=torch.Generator().manual_seed(0)
+        )
+        grid = reconstruction_grid(
+            self.model,
+            images.to(self.device),
+            normalization.mean,
+            normalization.std,
+            noise=noise.to(self.device),
+            title="validation images",
+        )
+        return {"mae_reconstructions": grid}

@@ -15,12 +15,12 @@ from ssl_mae_plugin.evaluation import (
     TransformedDataset,
     cached_features,
     extract_features,
-    feature_cache_key,
     knn_classify,
     linear_probe,
 )
+from tests.conftest import CIFAR_ROOT
 
-CIFAR10 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10"
+CIFAR10 = CIFAR_ROOT
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 pytestmark = pytest.mark.skipif(
@@ -60,14 +60,7 @@ def test_random_init_mae_features_knn_and_linear_probe_on_cifar10(tmp_path):
 
     def features(split, dataset):
         loader = DataLoader(TransformedDataset(dataset, transform), batch_size=64)
-        key = feature_cache_key(
-            dataset_root=CIFAR10,
-            split=split,
-            length=len(dataset),
-            transform=transform,
-            pool="cls",
-            seed=0,
-        )
+        key = {"root": str(CIFAR10), "split": split, "transform": repr(transform), "seed": 0}
         return cached_features(
             tmp_path, key, lambda: extract_features(backbone, loader, progress=False)
         )

@@ -1,4 +1,3 @@
-import os
 import socket
 
 import pytest
@@ -12,7 +11,6 @@ from ssl_mae_plugin.evaluation import (
     PooledBackbone,
     cached_features,
     extract_features,
-    feature_cache_key,
 )
 
 
@@ -128,40 +126,6 @@ def test_cache_hit_returns_the_stored_tensors_without_recomputing(tmp_path):
     assert len(calls) == 2 and not torch.equal(third[0], first[0])
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 2 and all(f.startswith("features-") and f.endswith(".pt") for f in files)
-
-
-def test_cache_key_follows_the_checkpoint_file_and_the_transform(tmp_path):
-    ckpt = tmp_path / "last.ckpt"
-    ckpt.write_bytes(b"weights")
-    key = feature_cache_key(
-        checkpoint=ckpt,
-        dataset_root=tmp_path,
-        split="test",
-        length=10,
-        transform="Resize(36)",
-        pool="cls",
-    )
-    assert key == feature_cache_key(
-        checkpoint=ckpt,
-        dataset_root=tmp_path,
-        split="test",
-        length=10,
-        transform="Resize(36)",
-        pool="cls",
-    )
-    os.utime(ckpt, ns=(1, 2))  # retrained into the same file
-    assert (
-        feature_cache_key(
-            checkpoint=ckpt,
-            dataset_root=tmp_path,
-            split="test",
-            length=10,
-            transform="Resize(36)",
-            pool="cls",
-        )
-        != key
-    )
-    assert feature_cache_key(transform="Resize(40)") != feature_cache_key(transform="Resize(36)")
 
 
 def _free_port():

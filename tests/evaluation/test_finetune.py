@@ -10,7 +10,9 @@ from torch.utils.data import TensorDataset
 
 from ssl_mae_plugin import MAE
 from ssl_mae_plugin.evaluation import (
+    Budget,
     FineTuneClassifier,
+    FitOptions,
     finetune,
     finetune_train_transform,
     layer_decay_param_groups,
@@ -114,8 +116,7 @@ def test_finetune_module_uses_mixup_soft_targets_and_adamw_with_layer_decay(imag
         num_classes=2,
         train_dataset=image_dataset,
         val_dataset=image_dataset,
-        batch_size=32,
-        blr=5e-4,
+        budget=Budget(epochs=100, warmup_epochs=5, batch_size=32, blr=5e-4, weight_decay=0.05),
         layer_decay=0.75,
     )
     assert isinstance(module.mixup_fn, Mixup)
@@ -149,8 +150,7 @@ def test_finetune_runs_one_epoch_and_leaves_the_input_model_alone(image_dataset)
         epochs=1,
         warmup_epochs=0,
         batch_size=16,
-        accelerator="cpu",
-        devices=1,
+        fit=FitOptions(accelerator="cpu", devices=1),
     )
     assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
     assert out["epochs"] == 1 and len(out["history"]) == 1 and out["best_epoch"] == 1
@@ -179,8 +179,7 @@ def test_finetune_without_mixup_learns_an_easy_task():
         cutmix=0.0,
         auto_augment=None,
         re_prob=0.0,
-        drop_path_rate=0.0,
-        accelerator="cpu",
-        eval_every=4,
+        drop_path=0.0,
+        fit=FitOptions(accelerator="cpu", eval_every=4),
     )
     assert out["top1"] >= 0.9

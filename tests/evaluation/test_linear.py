@@ -8,11 +8,11 @@ from torch.utils.data import TensorDataset
 from ssl_mae_plugin.evaluation import (
     LARS,
     AugmentedLinearProbe,
+    Budget,
+    FitOptions,
     LinearHead,
     augmented_linear_probe,
     linear_probe,
-    warmup_cosine_lr,
-    warmup_cosine_scheduler,
 )
 from tests.evaluation.conftest import ClsBackbone, tiny_vit
 
@@ -92,24 +92,6 @@ def test_linear_probe_rejects_an_unknown_optimizer():
         linear_probe(train_x, train_y, val_x, val_y, optimizer="rmsprop")
 
 
-def test_warmup_cosine_schedule_values():
-    lr = [warmup_cosine_lr(e, 1.0, epochs=10, warmup_epochs=2, min_lr=0.1) for e in (0, 1, 2, 6)]
-    assert lr == pytest.approx([0.0, 0.5, 1.0, 0.1 + 0.9 * 0.5])
-    assert warmup_cosine_lr(10, 1.0, 10, 2, 0.1) == pytest.approx(0.1)
-
-    params = [nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))]
-    opt = torch.optim.SGD([{"params": [params[0]], "lr": 2.0}, {"params": [params[1]], "lr": 0.5}])
-    sched = warmup_cosine_scheduler(opt, steps_per_epoch=4, epochs=3, warmup_epochs=1)
-    seen = []
-    for _ in range(12):
-        seen.append([g["lr"] for g in opt.param_groups])
-        opt.step()
-        sched.step()
-    assert seen[0] == [0.0, 0.0]  # first step at lr 0, as facebookresearch/mae
-    assert seen[4] == pytest.approx([2.0, 0.5])  # end of warmup: each group at its peak
-    assert seen[8] == pytest.approx([1.0, 0.25])  # half-way through the cosine
-
-
 def test_augmented_probe_keeps_the_backbone_frozen_in_eval_mode(image_dataset):
     torch.manual_seed(0)
     vit = tiny_vit(depth=1, drop_rate=0.1)  # has Dropout layers, whose mode matters
@@ -130,8 +112,7 @@ def test_augmented_probe_keeps_the_backbone_frozen_in_eval_mode(image_dataset):
             epochs=2,
             warmup_epochs=1,
             batch_size=16,
-            accelerator="cpu",
-            devices=1,
+            fit=FitOptions(accelerator="cpu", devices=1),
         )
     finally:
         hook.remove()
@@ -164,8 +145,7 @@ def test_augmented_probe_learns_brightness_from_random_features():
         warmup_epochs=1,
         batch_size=16,
         blr=1.0,
-        accelerator="cpu",
-        eval_every=3,
+        fit=FitOptions(accelerator="cpu", eval_every=3),
     )
     assert [row["epoch"] for row in out["history"]] == [3, 6, 8]  # the last epoch always
     assert out["top1"] >= 0.95
@@ -179,8 +159,7 @@ def test_augmented_probe_module_trains_only_the_head_with_lars(image_dataset):
         num_classes=2,
         train_dataset=image_dataset,
         val_dataset=image_dataset,
-        batch_size=32,
-        blr=0.1,
+        budget=Budget(epochs=90, warmup_epochs=10, batch_size=32, blr=0.1),
     )
     module.train()
     assert module.head.training and not backbone.training
@@ -201,5 +180,5 @@ def test_augmented_probe_rejects_a_batch_larger_than_the_training_set(image_data
             num_classes=2,
             image_size=16,
             batch_size=128,
-            accelerator="cpu",
+            fit=FitOptions(accelerator="cpu"),
         )

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from ssl_mae_plugin import random_masking
+from ssl_mae_plugin.mae import noise_from_seeds, num_kept
 
 
 @pytest.mark.parametrize(
-    ("length", "ratio", "kept"), [(196, 0.75, 49), (64, 0.5, 32), (10, 0.0, 10), (7, 0.9, 0)]
+    ("length", "ratio", "kept"), [(196, 0.75, 49), (64, 0.5, 32), (10, 0.85, 1), (7, 0.1, 6)]
 )
 def test_keeps_exactly_int_of_length_times_one_minus_ratio(length, ratio, kept):
     x = torch.randn(3, length, 8)
@@ -46,12 +47,23 @@ def test_masks_differ_between_samples():
     assert len({tuple(row.tolist()) for row in out.mask}) > 1
 
 
-@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
-def test_bad_mask_ratio_is_a_value_error_naming_it(ratio):
+@pytest.mark.parametrize(
+    ("length", "ratio"), [(4, -0.1), (4, 1.0), (4, 1.5), (4, 0.0), (7, 0.9), (10, 1e-17)]
+)
+def test_a_ratio_that_keeps_all_or_no_patches_is_a_value_error_naming_it(length, ratio):
+    with pytest.raises(ValueError, match="mask_ratio must leave at least one"):
+        random_masking(torch.randn(1, length, 2), ratio)
     with pytest.raises(ValueError, match="mask_ratio"):
-        random_masking(torch.randn(1, 4, 2), ratio)
+        num_kept(length, ratio)
 
 
 def test_noise_of_wrong_shape_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="noise"):
         random_masking(torch.randn(2, 16, 4), 0.75, noise=torch.rand(2, 15))
+
+
+def test_noise_rows_follow_their_seeds():
+    noise = noise_from_seeds([11, 12, 11], 49, "cpu")
+    assert noise.shape == (3, 49)
+    assert torch.equal(noise[0], noise[2]) and not torch.equal(noise[0], noise[1])
+    assert torch.all((noise >= 0) & (noise < 1))

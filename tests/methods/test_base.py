@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from ssl_mae_plugin.methods.base import is_no_decay, parameter_groups
 from ssl_mae_plugin.methods.mae import MAEMethod
 
 TINY = dict(
@@ -10,22 +9,28 @@ TINY = dict(
 )  # fmt: skip
 
 
-def test_no_weight_decay_for_norms_biases_tables_and_tokens():
-    model = MAEMethod(**TINY)
-    names = {
-        name
-        for name, param in model.named_parameters()
-        if param.requires_grad and is_no_decay(name, param)
+def test_weight_decay_groups_are_those_facebookresearch_mae_pretrains_with():
+    model = MAEMethod(**TINY, online_probe=True, num_classes=3)
+    groups = model.optimizer_parameters()
+    by_decay = {group["weight_decay"]: {id(p) for p in group["params"]} for group in groups}
+    assert set(by_decay) == {0.0, 0.05}
+    # The official rule (timm's add_weight_decay without a skip list): no decay for 1-D
+    # parameters and biases; trainable only; the cls and mask tokens are decayed.
+    expected_decay = {
+        id(p)
+        for name, p in model.named_parameters()
+        if p.requires_grad
+        and p.ndim > 1
+        and not name.endswith(".bias")
+        and not name.startswith("online_classifier.")
     }
-    assert "model.encoder.cls_token" in names and "model.decoder.mask_token" in names
-    assert "model.encoder.blocks.0.norm1.weight" in names
-    assert "model.encoder.blocks.0.attn.qkv.bias" in names
-    assert "model.encoder.blocks.0.attn.qkv.weight" not in names
-    groups = parameter_groups(model.named_parameters(), 0.05)
-    decayed = {id(p) for p in groups[0]["params"]}
-    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
-    assert id(model.model.encoder.patch_embed.proj.weight) in decayed
-    assert id(model.model.encoder.pos_embed) not in decayed | {id(p) for p in groups[1]["params"]}
+    assert by_decay[0.05] == expected_decay
+    assert id(model.model.encoder.cls_token) in expected_decay
+    assert id(model.model.decoder.mask_token) in expected_decay
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert by_decay[0.0] == trainable - expected_decay
+    assert id(model.model.encoder.pos_embed) not in trainable  # the fixed sin-cos table
+    assert id(model.online_classifier.classification_head.weight) in by_decay[0.0]
 
 
 def test_lr_is_scaled_by_global_batch_and_defaults_come_from_the_method():

@@ -1,7 +1,7 @@
 import pytest
 
 from ssl_mae_plugin.methods.byol import BYOL
-from tests.methods.helpers import (
+from tests.methods.conftest import (
     BACKBONES,
     TINY_VIT,
     check_optimizer_groups,

@@ -3,7 +3,7 @@ import torch
 
 from ssl_mae_plugin.backbones import build_backbone, is_convnet
 from ssl_mae_plugin.methods.dino import DINO, scaled_local_crop_size
-from tests.methods.helpers import (
+from tests.methods.conftest import (
     BACKBONES,
     NORMALIZATION,
     RESNET18,

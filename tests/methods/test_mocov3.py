@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ssl_mae_plugin.methods.mocov3 import MoCoV3, contrastive_loss
-from tests.methods.helpers import (
+from tests.methods.conftest import (
     BACKBONES,
     RESNET18,
     TINY_VIT,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ssl_mae_plugin.methods import SSLMethod, get_method, list_methods, registry
-from tests.methods.helpers import TINY_VIT, check_ssl_step
+from tests.methods.conftest import TINY_VIT, check_ssl_step
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

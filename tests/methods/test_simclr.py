@@ -1,8 +1,8 @@
 import pytest
 
-from ssl_mae_plugin.callbacks import read_metrics
 from ssl_mae_plugin.methods.simclr import SimCLR
-from tests.methods.helpers import BACKBONES, TINY_VIT, check_ssl_step, make_views
+from ssl_mae_plugin.pretrain.callbacks import read_metrics
+from tests.methods.conftest import BACKBONES, TINY_VIT, check_ssl_step, make_views
 
 HEAD = {"hidden_dim": 64, "output_dim": 32}
 

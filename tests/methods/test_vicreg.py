@@ -1,7 +1,7 @@
 import pytest
 
 from ssl_mae_plugin.methods.vicreg import VICReg
-from tests.methods.helpers import BACKBONES, NORMALIZATION, TINY_VIT, check_ssl_step
+from tests.methods.conftest import BACKBONES, NORMALIZATION, TINY_VIT, check_ssl_step
 
 HEAD = {"hidden_dim": 64, "output_dim": 64}
 

@@ -1,4 +1,4 @@
-"""Reproducible, resumable data loading for pretraining.
+"""Reproducible, resumable sampling for pretraining.
 
 Everything random about a sample derives from ``(seed, epoch, index)``: the order of an
 epoch comes from ``(seed, epoch)``, the augmentation of a sample and the MAE mask noise
@@ -11,27 +11,24 @@ checkpoint (even mid-epoch) sees exactly the batches an uninterrupted run sees, 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from ssl_mae_plugin.mae.masking import splitmix64
+
 MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & MASK64
-    return value ^ (value >> 31)
-
-
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for one sample of one epoch."""
-    mixed = _splitmix64(_splitmix64(_splitmix64(seed) ^ epoch) ^ index)
-    return mixed & ((1 << 63) - 1)
+    """A well-mixed 63-bit seed for one sample of one epoch (``index=-1``: the epoch's)."""
+    value = splitmix64(seed & MASK64)
+    value = splitmix64(value ^ np.uint64(epoch & MASK64))
+    value = splitmix64(value ^ np.uint64(index & MASK64))
+    return int(value) & ((1 << 63) - 1)
 
 
 class EpochSampler(Sampler):
@@ -157,7 +154,7 @@ class SeededViews(Dataset):
 class SeededIndices(Dataset):
     """``(index, label, sample_seed)`` per ``(index, epoch)`` key, for images kept on device.
 
-    The views are made on the device from the seeds (see :mod:`ssl_mae_plugin.augment`).
+    The views are made on the device from the seeds (see :mod:`.augment`).
     """
 
     def __init__(self, targets: list[int], seed: int = 0) -> None:
@@ -170,28 +167,3 @@ class SeededIndices(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, int]:
         index, epoch = key
         return index, int(self.targets[index]), sample_seed(self.seed, epoch, index)
-
-
-def uniform_from_seeds(seeds: Sequence[int], count: int, stream: int = 0) -> np.ndarray:
-    """``[N, count]`` uniform floats in ``[0, 1)``: a counter-based stream per seed.
-
-    Vectorised splitmix64 of ``(seed, stream, counter)``; ``stream`` separates independent
-    uses of the same sample seed (masks, crops).
-    """
-    seed_array = np.asarray([int(s) for s in seeds], dtype=np.uint64)
-    counters = np.arange(1, count + 1, dtype=np.uint64) + np.uint64(stream << 32)
-    with np.errstate(over="ignore"):
-        z = seed_array[:, None] + counters[None, :] * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-MASK_STREAM, CROP_STREAM = 1, 2
-
-
-def noise_from_seeds(seeds: Sequence[int], length: int, device: Any) -> torch.Tensor:
-    """Per-sample uniform masking noise ``[N, length]``, each row from its sample's seed."""
-    noise = uniform_from_seeds(seeds, length, stream=MASK_STREAM)
-    return torch.from_numpy(noise).to(device, non_blocking=True)  # float64: no ties

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import resource
 import signal
 import sys
@@ -16,8 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.recipes import Recipe
+from ssl_mae_plugin.storage import atomic_path
 
 RUN_INFO_KEY = "ssl_mae_run"
 METRICS_FIELDS = (
@@ -92,14 +90,8 @@ class EpochMetrics(Callback):
 class RunInfo(Callback):
     """Stores what is needed to use a checkpoint on its own (input normalisation, data)."""
 
-    def __init__(self, recipe: Recipe, normalization: Normalization) -> None:
-        self.info = {
-            "recipe": recipe.name,
-            "dataset": recipe.data.dataset,
-            "image_size": recipe.data.image_size,
-            "mean": list(normalization.mean),
-            "std": list(normalization.std),
-        }
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -176,10 +168,7 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write ``metrics.csv`` atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".csv.partial")
-    with partial.open("w", newline="") as handle:
+    with atomic_path(path) as partial, partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)

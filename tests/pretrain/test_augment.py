@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_mae_plugin.augment import DeviceCropFlip, crop_boxes, load_uint8
-from ssl_mae_plugin.callbacks import read_metrics
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.recipes import RecipeError, recipe_from_dict
-from ssl_mae_plugin.training import pretrain
-from tests.test_training import tiny_recipe
+from ssl_mae_plugin.pretrain.augment import DeviceCropFlip, crop_boxes, load_uint8
+from ssl_mae_plugin.pretrain.callbacks import read_metrics
+from ssl_mae_plugin.recipe_loading import recipe_from_dict
+from ssl_mae_plugin.recipes import RecipeError
+from tests.conftest import pretrain_method, tiny_recipe
 
 UNIT = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -73,7 +73,7 @@ def test_load_uint8_checks_sizes():
 
 def test_in_memory_pretraining_runs_with_falling_loss(cifar_folder, tmp_path):
     raw = tiny_recipe(cifar_folder, tmp_path, data={"in_memory": True}, pretrain={"epochs": 3})
-    result = pretrain(recipe_from_dict(raw), 0)
+    result = pretrain_method(raw)
     losses = [float(row["loss"]) for row in read_metrics(tmp_path / "t" / "mae" / "metrics.csv")]
     assert result.epochs == 3 and losses[-1] < losses[0] and all(map(math.isfinite, losses))
 
@@ -81,5 +81,5 @@ def test_in_memory_pretraining_runs_with_falling_loss(cifar_folder, tmp_path):
 def test_in_memory_needs_a_method_with_crop_and_flip_views(cifar_folder, tmp_path):
     raw = tiny_recipe(cifar_folder, tmp_path, data={"in_memory": True})
     raw["methods"] = [{"name": "simclr", "backbone": "vit_tiny", "patch_size": 8}]
-    with pytest.raises(RecipeError, match="methods.0.name 'simclr' needs its own transform"):
+    with pytest.raises(RecipeError, match=r"methods.0 \('simclr'\) needs its own transform"):
         recipe_from_dict(raw)

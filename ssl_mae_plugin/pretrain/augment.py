@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import roi_align
 
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.loading import CROP_STREAM, uniform_from_seeds
+from ssl_mae_plugin.mae.masking import MASK_STREAM, uniform_from_seeds
 
 CROP_TRIES = 10  # as torchvision
+CROP_STREAM = MASK_STREAM + 1  # independent of the sample's mask noise
 
 
 def crop_boxes(

@@ -8,7 +8,7 @@ from lightly.transforms import MAETransform
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ssl_mae_plugin.loading import EpochSampler, SeededViews, noise_from_seeds, sample_seed
+from ssl_mae_plugin.pretrain.sampling import EpochSampler, SeededViews, sample_seed
 
 
 def test_sample_seed_is_deterministic_and_distinct():
@@ -104,10 +104,3 @@ def test_batches_do_not_depend_on_the_number_of_workers(workers):
     reference = [b[0][0] for b in loader(0)]
     other = [b[0][0] for b in loader(workers)]
     assert all(torch.equal(a, b) for a, b in zip(reference, other, strict=True))
-
-
-def test_noise_rows_follow_their_seeds():
-    noise = noise_from_seeds([11, 12, 11], 49, "cpu")
-    assert noise.shape == (3, 49)
-    assert torch.equal(noise[0], noise[2]) and not torch.equal(noise[0], noise[1])
-    assert torch.all((noise >= 0) & (noise < 1))

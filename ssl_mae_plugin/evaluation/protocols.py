@@ -1,0 +1,178 @@
+"""Evaluate one model the way a recipe asks: k-NN, linear probe, fine-tuning, with caches.
+
+Works on any module with ``forward_features(images) -> [N, D]`` (fine-tuning also needs a
+timm ``VisionTransformer`` as its ``backbone``). Frozen features are computed once per
+model and cached on disk; each part's result is cached under a key that covers every
+setting it depends on, so a re-run recomputes exactly what a changed setting invalidates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_mae_plugin.data import Normalization, eval_transform
+from ssl_mae_plugin.evaluation.classifier import FitOptions
+from ssl_mae_plugin.evaluation.features import cached_features, extract_features
+from ssl_mae_plugin.evaluation.finetune import finetune
+from ssl_mae_plugin.evaluation.knn import knn_classify
+from ssl_mae_plugin.evaluation.linear import augmented_linear_probe, linear_probe
+from ssl_mae_plugin.evaluation.transforms import TransformedDataset
+from ssl_mae_plugin.recipes import Recipe
+from ssl_mae_plugin.storage import digest, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalData:
+    """The splits a recipe evaluates on and what identifies them for caches.
+
+    Attributes:
+        train: Training split, ``(PIL image, label)`` items.
+        val: Validation split, the same.
+        normalization: The input normalisation.
+        num_classes: Number of classes.
+        key: Everything that decides which images these are (dataset, root, splits, sizes,
+            subset seed), for cache keys.
+    """
+
+    train: Dataset
+    val: Dataset
+    normalization: Normalization
+    num_classes: int
+    key: dict[str, Any]
+
+
+class Evaluator:
+    """Evaluates models the same way (k-NN, linear probe, fine-tuning), with caches.
+
+    Args:
+        recipe: The validated recipe (its ``eval`` section, data loading and trainer).
+        data: Its splits.
+    """
+
+    def __init__(self, recipe: Recipe, data: EvalData) -> None:
+        self.recipe = recipe
+        self.data = data
+        gpu = torch.cuda.is_available() and recipe.trainer.accelerator in ("auto", "gpu", "cuda")
+        self.device = torch.device("cuda" if gpu else "cpu")
+        self.fit = FitOptions(
+            accelerator="gpu" if gpu else "cpu",
+            precision=recipe.trainer.precision,
+            progress=recipe.trainer.show_progress,
+        )
+        self.transform = eval_transform(recipe.data.image_size, data.normalization)
+
+    def evaluate(self, model: nn.Module, folder: Path, identity: dict[str, Any]) -> dict:
+        """k-NN / linear / fine-tune results of ``model``, reusing cached parts.
+
+        Args:
+            model: Has ``forward_features``; ``backbone`` (a timm ViT) for fine-tuning.
+            folder: Where the caches of this model live.
+            identity: What identifies the weights (checkpoint file or untrained seed).
+        """
+        cache_path = folder / "eval.json"
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        model = model.to(self.device).eval()
+        results: dict[str, Any] = {}
+        features: tuple[torch.Tensor, ...] | None = None
+        config = self.recipe.eval
+        for part, section in (
+            ("knn", config.knn),
+            ("linear", config.linear),
+            ("finetune", config.finetune),
+        ):
+            vit = getattr(model, "backbone", None)
+            if section is None or (part == "finetune" and not isinstance(vit, VisionTransformer)):
+                results[part] = None
+                continue
+            key = digest({"identity": identity, "part": self._settings(part, section)})
+            if cache.get(part, {}).get("key") == key:
+                results[part] = cache[part]["result"]
+                continue
+            if part != "finetune" and getattr(section, "mode", "cached") == "cached":
+                features = features or self._features(model, folder, identity)
+            logger.debug("evaluating %s: %s", folder.name, part)
+            results[part] = self._run(part, section, model, features)
+            cache[part] = {"key": key, "result": results[part]}
+            write_text_atomic(cache_path, json.dumps(cache, indent=2))
+        return results
+
+    def _settings(self, part: str, section: Any) -> dict[str, Any]:
+        """Everything a part's result depends on besides the weights."""
+        return {
+            "part": part,
+            "options": section.model_dump(),
+            "data": self.data.key,
+            "image_size": self.recipe.data.image_size,
+            "seed": self.recipe.seed,
+            "precision": self.fit.precision,
+        }
+
+    def _features(
+        self, model: nn.Module, folder: Path, identity: dict[str, Any]
+    ) -> tuple[torch.Tensor, ...]:
+        precision = "bf16" if str(self.fit.precision).startswith("bf16") else "32"
+        out: list[torch.Tensor] = []
+        for split, dataset in (("train", self.data.train), ("val", self.data.val)):
+            key = {
+                "identity": identity,
+                "split": split,
+                "data": self.data.key,
+                "transform": repr(self.transform),
+                "precision": precision,
+            }
+            loader = DataLoader(
+                TransformedDataset(dataset, self.transform),
+                batch_size=self.recipe.eval.batch_size,
+                num_workers=self.recipe.data.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+
+            def compute(loader: DataLoader = loader) -> tuple[torch.Tensor, torch.Tensor]:
+                return extract_features(
+                    model,
+                    loader,
+                    device=self.device,
+                    precision=precision,
+                    progress=self.fit.progress,
+                )
+
+            if self.recipe.eval.cache_features:
+                out.extend(cached_features(folder / "features", key, compute))
+            else:
+                out.extend(compute())
+        return tuple(out)
+
+    def _run(
+        self, part: str, section: Any, model: nn.Module, features: tuple[torch.Tensor, ...] | None
+    ) -> dict[str, Any]:
+        common = {"num_classes": self.data.num_classes, **section.options()}
+        if part == "knn":
+            result = knn_classify(*features, device=self.device, **common)
+        elif part == "linear" and section.mode == "cached":
+            result = linear_probe(*features, device=self.device, seed=self.recipe.seed, **common)
+        else:
+            run = finetune if part == "finetune" else augmented_linear_probe
+            result = run(
+                model.backbone if part == "finetune" else model,
+                self.data.train,
+                self.data.val,
+                image_size=self.recipe.data.image_size,
+                normalization=self.data.normalization,
+                num_workers=self.recipe.data.num_workers,
+                fit=self.fit,
+                seed=self.recipe.seed,
+                **common,
+            )
+        result.pop("history", None)
+        return {"mode": section.mode, **result} if part == "linear" else result

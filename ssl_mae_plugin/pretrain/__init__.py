@@ -1,0 +1,29 @@
+"""The pretraining engine: a Lightning Trainer over seeded, resumable, sharded batches.
+
+- :mod:`.trainer`: one method of a recipe, start to finish (or resumed).
+- :mod:`.datamodule` and :mod:`.sampling`: batches that depend on ``(seed, epoch, index)``
+  only, so a resumed or multi-process run sees exactly the batches of a single one.
+- :mod:`.augment`: MAE's crop + flip on the training device for data kept in memory.
+- :mod:`.callbacks`: per-epoch metrics, run info, graceful interrupts.
+- :mod:`.checkpoints`: where checkpoints live and how they load.
+"""
+
+from ssl_mae_plugin.pretrain.checkpoints import checkpoint_path, load_mae, load_pretrained
+from ssl_mae_plugin.pretrain.trainer import (
+    PretrainResult,
+    build_method,
+    check_accelerator,
+    pretrain,
+    summarize,
+)
+
+__all__ = [
+    "PretrainResult",
+    "build_method",
+    "check_accelerator",
+    "checkpoint_path",
+    "load_mae",
+    "load_pretrained",
+    "pretrain",
+    "summarize",
+]

@@ -1,0 +1,27 @@
+"""Reports of a recipe run: rows, ``report.json`` / ``report.md``, figures, the machine."""
+
+from ssl_mae_plugin.report.figures import (
+    plot_accuracy_bars,
+    plot_loss_curves,
+    save_image_grid,
+    save_reconstruction_figure,
+)
+from ssl_mae_plugin.report.machine import cpu_model, machine_description
+from ssl_mae_plugin.report.markdown import comparison_table, markdown_report, write_report
+from ssl_mae_plugin.report.rows import accuracy, count_parameters, describe_backbone, make_row
+
+__all__ = [
+    "accuracy",
+    "comparison_table",
+    "count_parameters",
+    "cpu_model",
+    "describe_backbone",
+    "machine_description",
+    "make_row",
+    "markdown_report",
+    "plot_accuracy_bars",
+    "plot_loss_curves",
+    "save_image_grid",
+    "save_reconstruction_figure",
+    "write_report",
+]

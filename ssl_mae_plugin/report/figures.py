@@ -1,0 +1,128 @@
+"""The report's figures: loss curves, accuracy bars and image grids (e.g. reconstructions)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from ssl_mae_plugin.data import IMAGENET_NORM
+from ssl_mae_plugin.mae import MAE
+from ssl_mae_plugin.mae.visualize import ImageGrid, reconstruction_grid
+from ssl_mae_plugin.report.rows import PARTS, accuracy
+from ssl_mae_plugin.storage import atomic_path
+
+PART_NAMES = {"knn": "k-NN", "linear": "linear probe", "finetune": "fine-tune"}
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=110)
+    return path
+
+
+def plot_loss_curves(curves: dict[str, list[float]], path: Path) -> Path | None:
+    """Each method's per-epoch pretraining loss on one chart, relative to its first epoch."""
+    curves = {label: losses for label, losses in curves.items() if losses}
+    if not curves:
+        return None
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.subplots()
+    for label, losses in curves.items():
+        first = losses[0] or 1.0
+        axes.plot(
+            range(1, len(losses) + 1),
+            [loss / first for loss in losses],
+            marker="o",
+            markersize=3,
+            label=f"{label} (epoch 1: {losses[0]:.3g})",
+        )
+    axes.set_xlabel("epoch")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_ylabel("loss / epoch-1 loss")
+    axes.set_title("Pretraining loss (each method relative to its first epoch)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Grouped bars of k-NN / linear / fine-tune top-1 per row (controls included)."""
+    parts = [p for p in PARTS if any(accuracy(r, p) for r in rows)]
+    if not parts:
+        return None
+    labels = [f"{r['method']}\n{r['backbone']}" for r in rows]
+    width = 0.8 / len(parts)
+    figure = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4))
+    axes = figure.subplots()
+    for offset, part in enumerate(parts):
+        values = [100 * (accuracy(r, part) or 0.0) for r in rows]
+        positions = [i + (offset - (len(parts) - 1) / 2) * width for i in range(len(rows))]
+        bars = axes.bar(positions, values, width=width, label=PART_NAMES[part])
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)
+    axes.set_xticks(range(len(rows)), labels, fontsize=8)
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title("Validation top-1 (random_init: the backbone untrained)")
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def save_image_grid(grid: ImageGrid, path: str | Path) -> Path:
+    """Draw an :class:`ImageGrid`: one row per image, its columns titled, as a PNG."""
+    columns = list(grid.columns.items())
+    rows = len(columns[0][1])
+    figure = Figure(figsize=(2 * len(columns), 2 * rows + 0.6))
+    axes = figure.subplots(rows, len(columns), squeeze=False)
+    for col, (name, images) in enumerate(columns):
+        for row in range(rows):
+            ax = axes[row][col]
+            picture = images[row].numpy()
+            if picture.shape[-1] == 1:
+                ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(picture)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    figure.suptitle(grid.title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, Path(path))
+
+
+def save_reconstruction_figure(
+    model: MAE,
+    images: torch.Tensor,
+    path: str | Path,
+    mean: Sequence[float] = IMAGENET_NORM.mean,
+    std: Sequence[float] = IMAGENET_NORM.std,
+    mask_ratio: float | None = None,
+    noise: torch.Tensor | None = None,
+    title: str | None = None,
+) -> Path:
+    """The official demo's four panels (original, masked, reconstruction, pasted) as a PNG.
+
+    Args:
+        model: The MAE to visualise.
+        images: ``[N, C, H, W]`` images normalised with ``mean`` and ``std``.
+        path: Where to write the PNG; parent folders are created.
+        mean: Per-channel mean of the input normalisation.
+        std: Per-channel standard deviation of the input normalisation.
+        mask_ratio: Fraction of patches to remove; the model's default when omitted.
+        noise: Optional ``[N, L]`` masking noise.
+        title: What the images are; the mask ratio (and the norm-pix note) are appended.
+
+    Returns:
+        The path written.
+    """
+    grid = reconstruction_grid(
+        model, images, mean, std, mask_ratio=mask_ratio, noise=noise, title=title
+    )
+    return save_image_grid(grid, path)

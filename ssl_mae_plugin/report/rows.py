@@ -1,0 +1,53 @@
+"""The rows of a report: one per evaluated model, in the shape ``report.json`` keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ssl_mae_plugin.backbones import is_vit
+from ssl_mae_plugin.recipes import MethodEntry
+
+PARTS = ("knn", "linear", "finetune")
+
+
+def describe_backbone(entry: MethodEntry) -> str:
+    """A short backbone name for tables: ``vit_tiny/4`` or ``vit_tiny/4 d4 w128 h4``."""
+    options = entry.options()
+    name = options["backbone"]
+    if not is_vit(name):
+        return name
+    text = f"{name}/{options['patch_size']}"
+    for key, short in (("depth", "d"), ("embed_dim", "w"), ("num_heads", "h")):
+        if options.get(key) is not None:
+            text += f" {short}{options[key]}"
+    return text
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of a module (trainable or not)."""
+    return sum(param.numel() for param in module.parameters())
+
+
+def make_row(
+    method: str,
+    entry: MethodEntry,
+    backbone: nn.Module,
+    pretrain: dict[str, Any] | None,
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """One row: what was evaluated, how it was pretrained (``None``: untrained), results."""
+    return {
+        "method": method,
+        "backbone": describe_backbone(entry),
+        "params": count_parameters(backbone),
+        "pretrain": pretrain,
+        **{part: results.get(part) for part in PARTS},
+    }
+
+
+def accuracy(row: dict[str, Any], part: str, key: str = "top1") -> float | None:
+    """``row[part][key]``, or ``None`` when the part was not run."""
+    result = row.get(part)
+    return None if not result else result.get(key)

@@ -1,0 +1,43 @@
+"""Files that are either the old or the new version, and stable digests of settings."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it when the block succeeds.
+
+    Write to the yielded path; on success it is renamed onto ``path`` (``os.replace``), so
+    a reader or a kill never sees a half-written file; on an error it is removed. The
+    temporary name keeps the suffix (matplotlib infers the format from it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (see :func:`atomic_path`); returns its path."""
+    with atomic_path(path) as partial:
+        partial.write_text(text)
+    return Path(path)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value`` (sorted keys; other objects as ``str``)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
