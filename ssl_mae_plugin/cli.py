@@ -7,10 +7,12 @@ failure during a run (the message names what failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ssl_mae_plugin.data import DatasetUnavailableError
@@ -25,14 +27,34 @@ class BadInputError(Exception):
     """Input the user can fix, found before any work started: one line, exit code 2."""
 
 
+class RunFailedError(Exception):
+    """A failure after work started (exit code 1), whatever its type; it names what failed."""
+
+
+@contextlib.contextmanager
+def work_started() -> Iterator[None]:
+    """From here on every error is a run failure (exit 1), never "bad input"."""
+    try:
+        yield
+    except Exception as error:
+        raise RunFailedError(f"{type(error).__name__}: {error}") from error
+
+
 def _first_doc_line(obj: object) -> str:
-    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+    line = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+    return re.sub(r"\s*\[\d+(, \d+)*\]", "", line)  # without the docstring's reference marks
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """Print the registered methods with their one-line descriptions."""
+    """Print each registered method, its one-line description and its recipe per family."""
+    from ssl_mae_plugin.methods.base import FAMILY_NAMES
+
     for name in list_methods():
-        print(f"{name:10s} {_first_doc_line(get_method(name))}")
+        method = get_method(name)
+        print(f"{name}: {_first_doc_line(method)}")
+        for family, family_name in FAMILY_NAMES.items():
+            recipe = method.recipes.get(family)
+            print(f"  {family_name}: {recipe.describe() if recipe else 'not supported'}")
     return EXIT_OK
 
 
@@ -48,10 +70,12 @@ def load_checked_recipe(args: argparse.Namespace) -> Recipe:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain every method of a recipe (resuming from last checkpoints)."""
     from ssl_mae_plugin.pretrain import summarize
-    from ssl_mae_plugin.runner import prepare_data, pretrain_all
+    from ssl_mae_plugin.runner import check_plan, pretrain_all
 
     recipe = load_checked_recipe(args)
-    pretrain_all(recipe, prepare_data(recipe))
+    data = check_plan(recipe)
+    with work_started():
+        pretrain_all(recipe, data)
     for index, entry in enumerate(recipe.methods):
         result = summarize(recipe, index)
         print(
@@ -80,33 +104,40 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise BadInputError(str(error)) from error
     generator = torch.Generator().manual_seed(args.seed)
-    path = save_reconstruction_figure(
-        model,
-        images,
-        args.out,
-        mean=normalization.mean,
-        std=normalization.std,
-        mask_ratio=args.mask_ratio,
-        noise=torch.rand(len(images), model.num_patches, generator=generator),
-        title=Path(args.checkpoint).name,
-    )
+    with work_started():
+        path = save_reconstruction_figure(
+            model,
+            images,
+            args.out,
+            mean=normalization.mean,
+            std=normalization.std,
+            mask_ratio=args.mask_ratio,
+            noise=torch.rand(len(images), model.num_patches, generator=generator),
+            title=Path(args.checkpoint).name,
+        )
     print(f"wrote {path}")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Pretrain, evaluate and report every method of a recipe."""
-    from ssl_mae_plugin.runner import run_recipe
+    from ssl_mae_plugin.runner import check_plan, run_recipe
 
-    run_recipe(load_checked_recipe(args))
+    recipe = load_checked_recipe(args)
+    data = check_plan(recipe)
+    with work_started():
+        run_recipe(recipe, data=data)
     return EXIT_OK
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the finished checkpoints of a recipe and write its report."""
-    from ssl_mae_plugin.runner import run_recipe
+    from ssl_mae_plugin.runner import check_plan, run_recipe
 
-    run_recipe(load_checked_recipe(args), do_pretrain=False)
+    recipe = load_checked_recipe(args)
+    data = check_plan(recipe, do_pretrain=False)
+    with work_started():
+        run_recipe(recipe, do_pretrain=False, data=data)
     return EXIT_OK
 
 
@@ -172,7 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as error:
         logging.getLogger("ssl_mae_plugin").exception("ssl-mae %s failed", args.command)
-        print(f"ssl-mae: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        message = (
+            str(error) if isinstance(error, RunFailedError) else f"{type(error).__name__}: {error}"
+        )
+        print(f"ssl-mae: failed: {message}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -98,6 +98,9 @@ class PretrainConfig(Section):
     epochs: Positive = 100
     batch_size: Positive = 256  # global batch; lr = blr * batch_size / 256
     checkpoint_every_n_steps: Positive | None = None  # besides the end of every epoch
+    # A checkpoint trained with other settings than the recipe's stops the run (exit 2);
+    # true moves such a method's folder aside (<label>.stale-<time>) and trains it anew.
+    retrain: bool = False
     # Shared method keys: null leaves each method its own default.
     blr: float | None = None
     weight_decay: float | None = None
@@ -227,7 +230,9 @@ class EvalConfig(Section):
     knn: KNNConfig | None = Field(default_factory=KNNConfig)  # type: ignore[valid-type]
     linear: LinearConfig | None = Field(default_factory=CachedLinearConfig)  # type: ignore
     finetune: FinetuneConfig | None = None  # type: ignore[valid-type]
-    random_init: bool = True  # also evaluate each backbone untrained
+    random_init: bool = True  # also evaluate each method's untrained control
+    pixels: bool = True  # a raw-pixels row (k-NN, cached probe) for images up to 64 px
+    reference: str | None = None  # the row the paired table compares with; null: the first
     batch_size: Positive = 256  # feature extraction
     cache_features: bool = True
 
@@ -279,6 +284,9 @@ class Recipe(Section):
     name: str
     methods: list[MethodEntry] = Field(min_length=1)
     seed: int = 0
+    # Several seeds: each method is pretrained and evaluated once per seed; the report
+    # gives means, per-seed values and intervals over seeds. ``seed`` is then the first.
+    seeds: list[int] | None = Field(default=None, min_length=1)
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
@@ -290,14 +298,36 @@ class Recipe(Section):
         """``<output_dir>/<name>``."""
         return Path(self.output_dir) / self.name
 
+    @property
+    def all_seeds(self) -> list[int]:
+        """The seeds the recipe trains each method with (``seeds``, else ``[seed]``)."""
+        return list(self.seeds or [self.seed])
+
+    def with_seed(self, seed: int) -> Recipe:
+        """The recipe of one of its seeds (same methods, data and budget)."""
+        return self.model_copy(update={"seed": seed})
+
     def method_dir(self, index: int) -> Path:
-        """``<output_dir>/<name>/<label>`` of method ``index``."""
-        return self.run_dir / self.methods[index].label
+        """The folder of method ``index`` for this recipe's seed.
+
+        ``<output_dir>/<name>/<label>`` for the first seed, ``.../<label>/seed-<seed>`` for
+        the others.
+        """
+        folder = self.run_dir / self.methods[index].label
+        return folder if self.seed == self.all_seeds[0] else folder / f"seed-{self.seed}"
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         if not self.name or "/" in self.name:
             raise PydanticCustomError("recipe", f"name must be a folder name, got {self.name!r}")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise PydanticCustomError("recipe", f"seeds must differ, got {self.seeds}")
+            if "seed" in self.model_fields_set and self.seed != self.seeds[0]:
+                raise PydanticCustomError(
+                    "recipe", f"seed={self.seed} is not the first of seeds={self.seeds}"
+                )
+            self.seed = self.seeds[0]
         seen: set[str] = set()
         for index, entry in enumerate(self.methods):
             for key in PretrainConfig.SHARED:
@@ -312,6 +342,13 @@ class Recipe(Section):
                 )
             seen.add(entry.label)
             self._check_method(index, entry)
+        reference = self.eval.reference
+        if reference is not None and reference not in [*seen, "pixels"]:
+            raise PydanticCustomError(
+                "recipe",
+                f"eval.reference {reference!r} is no row; choose a method label "
+                f"({', '.join(seen)}) or 'pixels'",
+            )
         devices = self.trainer.devices
         if isinstance(devices, int) and self.pretrain.batch_size % (
             devices * self.trainer.num_nodes

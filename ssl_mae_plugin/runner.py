@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,72 +16,33 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_only
 
-from ssl_mae_plugin.data import Normalization, build_dataset, eval_transform, limit_dataset
-from ssl_mae_plugin.evaluation.protocols import EvalData, Evaluator
+from ssl_mae_plugin.data import eval_transform
+from ssl_mae_plugin.evaluation.features import FlattenedPixels
+from ssl_mae_plugin.evaluation.protocols import EvalData, Evaluator, prepare_data
 from ssl_mae_plugin.pretrain import (
     build_method,
+    check_checkpoint,
     checkpoint_path,
     load_pretrained,
     pretrain,
+    set_aside,
     summarize,
 )
 from ssl_mae_plugin.pretrain.checkpoints import data_position
 from ssl_mae_plugin.recipes import Recipe, RecipeError
 from ssl_mae_plugin.report import (
-    describe_backbone,
-    machine_description,
+    combine_seeds,
+    compose_report,
     make_row,
-    plot_accuracy_bars,
-    plot_loss_curves,
+    paired_table,
     save_image_grid,
+    summary_figures,
     write_report,
 )
-from ssl_mae_plugin.storage import digest
+from ssl_mae_plugin.storage import digest, tensor_digest
 
 FIGURE_IMAGES = 6  # validation images in method-specific figures
-
-
-def prepare_data(recipe: Recipe) -> EvalData:
-    """Build both splits and check them against the recipe before any work starts.
-
-    Raises:
-        DatasetUnavailableError: For a missing root, split or class folder.
-        RecipeError: For a batch larger than the training split.
-    """
-    data = recipe.data
-    splits = []
-    for split, max_images in ((data.train_split, data.max_train_images),
-                              (data.val_split, data.max_val_images)):  # fmt: skip
-        dataset = build_dataset(
-            data.dataset,
-            split,
-            root=data.root,
-            download=data.download,
-            on_bad_image=data.on_bad_image,
-            bad_image_log=recipe.run_dir / "bad_images.txt",
-        )
-        splits.append(limit_dataset(dataset, max_images, seed=recipe.seed))
-    train, val = splits
-    batches = {"pretrain.batch_size": recipe.pretrain.batch_size}
-    for name in ("linear", "finetune"):
-        section = getattr(recipe.eval, name)
-        if section is not None and getattr(section, "mode", "trained") != "cached":
-            batches[f"eval.{name}.batch_size"] = section.batch_size
-    for key, batch in batches.items():
-        if batch > len(train):
-            raise RecipeError(
-                f"{key}={batch} is larger than the {len(train)} training images "
-                "(incomplete batches are dropped)"
-            )
-    key = {
-        "dataset": data.dataset,
-        "root": str(Path(data.root).resolve()) if data.root else None,
-        "splits": (data.train_split, data.val_split),
-        "sizes": (len(train), len(val)),
-        "subset_seed": recipe.seed,
-    }
-    normalization = Normalization(tuple(data.mean), tuple(data.std))
-    return EvalData(train, val, normalization, len(train.classes), key)
+PIXELS_MAX_SIZE = 64  # the raw-pixels row for images up to this size
 
 
 def finished_checkpoint(recipe: Recipe, index: int) -> Path:
@@ -106,12 +66,36 @@ def finished_checkpoint(recipe: Recipe, index: int) -> Path:
     return checkpoint
 
 
+def check_plan(recipe: Recipe, do_pretrain: bool = True) -> EvalData:
+    """Everything that can be checked before any work: data, checkpoints, their settings.
+
+    Raises:
+        DatasetUnavailableError: For a missing root, split or class folder.
+        RecipeError: For a batch larger than the training split, a checkpoint trained
+            with other settings than the recipe's, or (``do_pretrain=False``) a method
+            that is not pretrained yet.
+    """
+    data = prepare_data(recipe)
+    for seeded in map(recipe.with_seed, recipe.all_seeds):
+        for index in range(len(recipe.methods)):
+            check_checkpoint(seeded, index)
+            if not do_pretrain:
+                finished_checkpoint(seeded, index)
+    return data
+
+
 def pretrain_all(recipe: Recipe, data: EvalData, log: Callable[[str], None] = print) -> None:
-    """Pretrain (or resume, or skip when finished) every method of the recipe."""
-    for index, entry in enumerate(recipe.methods):
-        if rank_zero_only.rank == 0:  # DDP's other ranks run this command too
-            log(f"[{index + 1}/{len(recipe.methods)}] pretraining {entry.label}")
-        pretrain(recipe, index, data.train)
+    """Pretrain (or resume, or skip when finished) every method of the recipe, every seed."""
+    seeds = recipe.all_seeds
+    for seeded in map(recipe.with_seed, seeds):
+        for index, entry in enumerate(seeded.methods):
+            moved = set_aside(seeded, index) if rank_zero_only.rank == 0 else None
+            if rank_zero_only.rank == 0:  # DDP's other ranks run this command too
+                if moved:
+                    log(f"moved the stale run of {entry.label} to {moved}")
+                which = f", seed {seeded.seed}" if len(seeds) > 1 else ""
+                log(f"[{index + 1}/{len(seeded.methods)}] pretraining {entry.label}{which}")
+            pretrain(seeded, index, data.train)
 
 
 def _release_process_group() -> bool:
@@ -123,28 +107,57 @@ def _release_process_group() -> bool:
 
 
 def run_recipe(
-    recipe: Recipe, do_pretrain: bool = True, log: Callable[[str], None] = print
+    recipe: Recipe,
+    do_pretrain: bool = True,
+    log: Callable[[str], None] = print,
+    data: EvalData | None = None,
 ) -> dict[str, Any] | None:
     """Pretrain (unless ``do_pretrain`` is false), evaluate and report every method.
+
+    Args:
+        recipe: A validated recipe.
+        do_pretrain: Train what is missing (else only evaluate finished checkpoints).
+        log: Where progress lines go.
+        data: What :func:`check_plan` returned, when the caller checked already.
 
     Returns:
         The report (also written to ``report.json`` / ``report.md``), or ``None`` on the
         non-zero ranks of a multi-process run.
     """
-    data = prepare_data(recipe)
+    data = data or check_plan(recipe, do_pretrain)
     started = time.perf_counter()
     if do_pretrain:
         pretrain_all(recipe, data, log)
-    for index in range(len(recipe.methods)):
-        finished_checkpoint(recipe, index)
     if not _release_process_group():
         return None
+    rows_by_seed, figures = [], {}
+    for seeded in map(recipe.with_seed, recipe.all_seeds):
+        rows, seed_figures = evaluate_rows(seeded, data, Evaluator(seeded, data), log)
+        rows_by_seed.append(rows)
+        figures = figures or seed_figures  # the method figures of the first seed
+    labels = list(data.val.targets)
+    rows = combine_seeds(rows_by_seed, labels)
+    paired = paired_table(rows_by_seed, labels, recipe.eval.reference or rows[0]["label"])
+    figures = {**summary_figures(rows, recipe.run_dir / "figures"), **figures}
+    seconds = time.perf_counter() - started
+    report = compose_report(recipe, data, rows, paired, figures, seconds)
+    json_path, md_path = write_report(recipe.run_dir, report)
+    log(f"wrote {md_path} and {json_path}")
+    return report
 
-    evaluator = Evaluator(recipe, data)
+
+def evaluate_rows(
+    recipe: Recipe, data: EvalData, evaluator: Evaluator, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A row per trained method, one per distinct untrained control, the pixels row.
+
+    Trained rows come first, in recipe order, each naming its control; a control is the
+    same method built with the same seed and not trained (the trained model's step 0),
+    computed once for all rows whose untrained models are identical.
+    """
     rows: list[dict[str, Any]] = []
-    notes: list[str] = []
+    controls: dict[str, dict[str, Any]] = {}
     figures: dict[str, str] = {}
-    controls_done: set[str] = set()
     images = _figure_images(recipe, data)
     for index, entry in enumerate(recipe.methods):
         checkpoint = finished_checkpoint(recipe, index)
@@ -155,58 +168,59 @@ def run_recipe(
                     "size": stat.st_size, "options": entry.options()}  # fmt: skip
         results = evaluator.evaluate(module, recipe.method_dir(index), identity)
         pretrained = summarize(recipe, index).as_dict()
-        rows.append(make_row(entry.label, entry, module.backbone, pretrained, results))
+        row = make_row(entry.label, entry.name, entry, module.backbone, pretrained, results)
+        rows.append(row)
         for stem, grid in module.report_images(images, data.normalization).items():
             name = f"{stem}.png" if f"{stem}.png" not in figures.values() else f"{stem}_{index}.png"
             figures[f"{stem.replace('_', ' ')} ({entry.label})"] = name
             save_image_grid(grid, recipe.run_dir / "figures" / name)
-        backbone = describe_backbone(entry)
-        if recipe.eval.random_init and backbone not in controls_done:
-            controls_done.add(backbone)
-            untrained = build_method(recipe, index, data.num_classes)
-            log(f"evaluating random_init ({backbone})")
-            identity = {"untrained": entry.options(), "seed": recipe.seed}
-            folder = recipe.run_dir / "random_init" / digest(backbone)[:12]
-            control = evaluator.evaluate(untrained, folder, identity)
-            rows.append(make_row("random_init", entry, untrained.backbone, None, control))
-        if recipe.eval.finetune is not None and results["finetune"] is None:
-            notes.append(f"{entry.label}: fine-tuning skipped (it needs a ViT backbone)")
+        if recipe.eval.random_init:
+            row["control"] = _control(recipe, index, data, evaluator, controls, log)["label"]
+    rows.extend(controls.values())
+    if recipe.eval.pixels and recipe.data.image_size <= PIXELS_MAX_SIZE:
+        log("evaluating raw pixels")
+        identity = {"pixels": recipe.data.image_size}
+        folder = recipe.run_dir / "pixels" / f"seed-{recipe.seed}"
+        results = evaluator.evaluate(FlattenedPixels(), folder, identity, frozen_only=True)
+        size = recipe.data.image_size
+        rows.append({**make_row("pixels", "pixels", None, None, None, results),
+                     "backbone": f"raw pixels (3x{size}x{size})"})  # fmt: skip
+    return rows, figures
 
-    bad_images = recipe.run_dir / "bad_images.txt"
-    skipped = sorted(set(bad_images.read_text().split())) if bad_images.is_file() else []
-    if skipped:
-        notes.append(f"{len(skipped)} unreadable image(s) skipped: " + ", ".join(skipped[:20]))
-    folder = recipe.run_dir / "figures"
-    curves = {row["method"]: row["pretrain"]["losses"] for row in rows if row["pretrain"]}
-    common = {}
-    if plot_loss_curves(curves, folder / "loss_curves.png"):
-        common["pretraining loss"] = "loss_curves.png"
-    if plot_accuracy_bars(rows, folder / "accuracy.png"):
-        common["accuracy"] = "accuracy.png"
-    figures = {**common, **figures}
-    report = {
-        "name": recipe.name,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - started, 1),
-        "machine": machine_description(),
-        "dataset": {
-            "name": recipe.data.dataset,
-            "root": recipe.data.root,
-            "train_images": len(data.train),
-            "val_images": len(data.val),
-            "classes": data.num_classes,
-            "image_size": recipe.data.image_size,
-        },
-        "protocols": protocols(recipe),
-        "rows": rows,
-        "skipped_images": skipped,
-        "notes": notes,
-        "figures": figures,
-        "recipe": recipe.model_dump(mode="json"),
+
+def _control(
+    recipe: Recipe,
+    index: int,
+    data: EvalData,
+    evaluator: Evaluator,
+    controls: dict[str, dict[str, Any]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The control row of method ``index``, evaluated unless an identical one was.
+
+    Two untrained models are the same control when the same ``forward_features`` runs on
+    the same backbone weights with the same feature options (e.g. SimCLR and BYOL on one
+    ViT and seed; two MAEs that differ only in mask ratio).
+    """
+    entry = recipe.methods[index]
+    untrained = build_method(recipe, index, data.num_classes)
+    options = entry.options()
+    features = type(untrained).forward_features  # what the evaluation runs on the weights
+    identity = {
+        "features_of": f"{features.__module__}.{features.__qualname__}",
+        "backbone": tensor_digest(untrained.backbone.state_dict()),
+        "features": {key: options[key] for key in untrained.feature_options},
     }
-    json_path, md_path = write_report(recipe.run_dir, report)
-    log(f"wrote {md_path} and {json_path}")
-    return report
+    key = digest(identity)[:16]
+    if key not in controls:
+        label = f"{entry.label} (untrained)"
+        log(f"evaluating {label}")
+        folder = recipe.run_dir / "controls" / f"{key}-seed-{recipe.seed}"
+        results = evaluator.evaluate(untrained, folder, identity)
+        controls[key] = make_row(label, "random_init", entry, untrained.backbone, None, results)
+        controls[key]["controls"] = []
+    controls[key]["controls"].append(entry.label)
+    return controls[key]
 
 
 def _figure_images(recipe: Recipe, data: EvalData) -> torch.Tensor:
@@ -215,16 +229,3 @@ def _figure_images(recipe: Recipe, data: EvalData) -> torch.Tensor:
     step = max(len(data.val) // FIGURE_IMAGES, 1)
     picks = [i for i in range(0, step * FIGURE_IMAGES, step) if i < len(data.val)]
     return torch.stack([transform(data.val[i][0]) for i in picks])
-
-
-def protocols(recipe: Recipe) -> dict[str, str]:
-    """How k-NN and the linear probe were run, in words for the report."""
-    knn, linear = recipe.eval.knn, recipe.eval.linear
-    knn_text = "off" if knn is None else f"k={knn.k}, T={knn.temperature}, cosine similarity"
-    if linear is None:
-        return {"knn": knn_text, "linear": "off"}
-    how = {
-        "cached": "cached frozen features, SGD",
-        "augmented": "the paper's protocol: RandomResizedCrop + flip, LARS",
-    }[linear.mode]
-    return {"knn": knn_text, "linear": f"{how}, {linear.epochs} epochs, BatchNorm + Linear head"}

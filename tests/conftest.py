@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
+from ssl_mae_plugin.evaluation.protocols import prepare_data
 from ssl_mae_plugin.pretrain import PretrainResult, pretrain
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.recipes import Recipe
-from ssl_mae_plugin.runner import prepare_data
 
 CIFAR_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
 

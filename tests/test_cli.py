@@ -23,11 +23,17 @@ def ssl_mae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def test_methods_lists_the_builtins():
+def test_methods_lists_the_builtins_with_their_recipe_per_family():
     result = ssl_mae("methods")
     assert result.returncode == 0
-    names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert {"mae", "simclr", "byol", "dino"} <= set(names)
+    lines = result.stdout.splitlines()
+    names = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert {"mae", "simclr", "byol", "dino", "mocov3", "vicreg"} <= set(names)
+    simclr = lines[lines.index(next(x for x in lines if x.startswith("simclr:"))) :][:3]
+    assert simclr[1].startswith("  ViTs: AdamW") and "MoCo v3" in simclr[1]
+    assert simclr[2].startswith("  ConvNets (ResNets): LARS") and "sqrt(batch)" in simclr[2]
+    mae = lines[lines.index(next(x for x in lines if x.startswith("mae:"))) :][:3]
+    assert "[MAE paper, App. A.1]" in mae[1] and mae[2] == "  ConvNets (ResNets): not supported"
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["pretrain"], ["eval"], ["visualize"]])
@@ -62,6 +68,7 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
         (["run", "{recipe}", "pretrain.epochs=zero"], "pretrain.epochs must be a valid integer"),
         (["run", "{recipe}", "methods.0.mask_ratio=1.5"], r"methods.0.mask_ratio must leave"),
         (["run", "{recipe}", "methods.0.mask_ratio=0"], r"methods.0.mask_ratio must leave"),
+        (["run", "{recipe}", "methods.0.mask_ratio=1"], r"methods.0.mask_ratio must leave"),
         (["run", "{recipe}", "methods.0.patch_size=5"], "methods.0.patch_size=5 does not divide"),
         (["run", "{recipe}", "methods.0.name=maee"], "unknown method 'maee'"),
         (["pretrain", "{recipe}", "data.colour=red"], "unknown key 'data.colour'"),
@@ -92,3 +99,16 @@ def test_a_real_process_exits_2_without_a_traceback(tmp_path):
         "ssl-mae: error: methods.0.mask_ratio must leave at least one of the 16 patches visible "
         "and remove at least one (1 <= int(16 * (1 - mask_ratio)) < 16), got 2.0"
     ]
+
+
+def test_an_error_after_work_started_is_a_run_failure_not_bad_input(tmp_path, monkeypatch, capsys):
+    """A missing file found mid-run (here: a checkpoint gone during evaluation) is exit 1."""
+    import ssl_mae_plugin.runner
+
+    def lose_a_file(*args, **kwargs):
+        raise FileNotFoundError(f"checkpoint not found: {tmp_path / 'gone.ckpt'}")
+
+    monkeypatch.setattr(ssl_mae_plugin.runner, "run_recipe", lose_a_file)
+    assert main(["run", str(write_recipe(tmp_path))]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"ssl-mae: failed: FileNotFoundError: checkpoint not found: {tmp_path}/gone.ckpt"

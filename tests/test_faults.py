@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from ssl_mae_plugin.cli import main
-from ssl_mae_plugin.methods.base import NonFiniteLossError
+from ssl_mae_plugin.methods.finite import NonFiniteLossError
 from ssl_mae_plugin.pretrain.checkpoints import data_position
 from ssl_mae_plugin.pretrain.sampling import EpochSampler
 from tests.conftest import final_weights, make_image_folder, pretrain_method, run_cli, tiny_recipe
@@ -65,7 +65,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         pretrain={"epochs": 3, "batch_size": 16, "checkpoint_every_n_steps": 1},
     )
     raw["methods"][0]["blr"] = 1e5
-    expected = r"non-finite (loss \(nan\)|gradients) at step"
+    expected = r"non-finite (loss|gradients) at step"
     with pytest.raises(NonFiniteLossError, match=expected) as error:
         pretrain_method(raw)
     step = int(re.search(r"at step (\d+) \(epoch 0, batch \1\)", str(error.value)).group(1))

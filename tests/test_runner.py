@@ -54,16 +54,25 @@ def finished_run(cifar_folder, tmp_path_factory):
     return recipe, report
 
 
-def test_report_has_a_row_per_method_and_the_random_init(finished_run):
+def test_report_has_a_row_per_method_its_own_control_and_the_pixels(finished_run):
     recipe, report = finished_run
     saved = json.loads((recipe.run_dir / "report.json").read_text())
     assert saved["rows"] == report["rows"]
-    assert [row["method"] for row in saved["rows"]] == ["mae", "random_init", "simclr"]
+    assert [(row["label"], row["method"], row["control"]) for row in saved["rows"]] == [
+        ("mae", "mae", "mae (untrained)"),
+        ("simclr", "simclr", "simclr (untrained)"),
+        ("mae (untrained)", "random_init", None),
+        ("simclr (untrained)", "random_init", None),
+        ("pixels", "pixels", None),
+    ]
     for row in saved["rows"]:
-        assert row["backbone"] == "vit_tiny/8 d1 w32 h2" and row["params"] > 0
         for part in ("knn", "linear"):
             assert 0.0 <= row[part]["top1"] <= row[part]["top5"] <= 1.0
-    mae, random_init, _ = saved["rows"]
+    for row in saved["rows"][:4]:
+        assert row["backbone"] == "vit_tiny/8 d1 w32 h2" and row["params"] > 0
+    assert saved["rows"][4]["backbone"] == "raw pixels (3x32x32)"
+    assert saved["rows"][4]["finetune"] is None and saved["rows"][2]["controls"] == ["mae"]
+    mae, _, random_init = saved["rows"][:3]
     assert mae["pretrain"]["epochs"] == 2 and mae["pretrain"]["images_per_second"] > 0
     assert mae["pretrain"]["final_loss"] > 0 and mae["pretrain"]["peak_memory_mb"] > 0
     assert random_init["pretrain"] is None
@@ -82,7 +91,8 @@ def test_report_has_a_row_per_method_and_the_random_init(finished_run):
 def test_markdown_report_and_figures(finished_run):
     recipe, report = finished_run
     text = (recipe.run_dir / "report.md").read_text()
-    assert "| method | backbone |" in text and "| random_init |" in text
+    assert "| row | backbone | control |" in text and "| mae (untrained) |" in text
+    assert "## Paired differences" in text and "## Pretraining" in text
     assert "k-NN: k=10" in text and "```yaml" in text
     for name in report["figures"].values():
         path = recipe.run_dir / "figures" / name
@@ -125,7 +135,7 @@ def test_half_finished_run_trains_only_what_is_missing(cifar_folder, tmp_path):
     report = run_recipe(recipe, log=lambda _: None)
     assert first.stat().st_mtime_ns == stamp
     assert (recipe.method_dir(1) / "checkpoints" / "last.ckpt").is_file()
-    assert [row["method"] for row in report["rows"]] == ["mae", "random_init", "simclr"]
+    assert [row["label"] for row in report["rows"]][:2] == ["mae", "simclr"]
 
 
 def test_two_process_ddp_run_writes_one_report(cifar_folder, tmp_path):
@@ -150,5 +160,42 @@ def test_two_process_ddp_run_writes_one_report(cifar_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("pretraining mae") == 1  # rank 1 runs the command silently
     report = json.loads((tmp_path / "runs" / "ddp" / "report.json").read_text())
-    assert [row["method"] for row in report["rows"]] == ["mae", "random_init"]
+    assert [row["method"] for row in report["rows"]] == ["mae", "random_init", "pixels"]
     assert report["dataset"]["val_images"] == 50  # imagefolder root with test/ only
+
+
+def test_every_accuracy_carries_an_interval_and_rows_are_paired(finished_run):
+    _, report = finished_run
+    for row in report["rows"]:
+        for part in ("knn", "linear"):
+            result = row[part]
+            assert "predictions" not in result
+            for key in ("top1", "top5"):
+                lo, hi = result["ci95"][key]
+                assert lo <= result[key] <= hi
+            assert (
+                result["ci95_kind"] == "Wilson over 50 validation images (test-set sampling only)"
+            )
+    pairs = {(p["row"], p["versus"], p["part"]) for p in report["paired"]}
+    assert ("mae", "mae (untrained)", "linear") in pairs and ("simclr", "mae", "knn") in pairs
+    assert ("pixels", "mae", "knn") in pairs
+    for entry in report["paired"]:
+        assert entry["ci95"][0] <= entry["difference"] <= entry["ci95"][1]
+        assert entry["excludes_zero"] == (entry["ci95"][0] > 0 or entry["ci95"][1] < 0)
+
+
+def test_two_seeds_give_means_per_seed_values_and_t_intervals(cifar_folder, tmp_path):
+    recipe = make_recipe(cifar_folder, tmp_path, finetune=None, linear=None)
+    recipe = recipe_from_dict({**recipe.model_dump(), "seeds": [0, 1], "methods": [dict(TINY_MAE)]})
+    report = run_recipe(recipe, log=lambda _: None)
+    assert report["seeds"] == [0, 1] and recipe.seed == 0
+    assert (recipe.run_dir / "mae" / "seed-1" / "checkpoints" / "last.ckpt").is_file()
+    mae, control = report["rows"][:2]
+    per_seed = mae["knn"]["per_seed"]["top1"]
+    assert len(per_seed) == 2 and mae["knn"]["top1"] == pytest.approx(sum(per_seed) / 2)
+    assert mae["knn"]["ci95_kind"] == "Student t over 2 seeds" and mae["seeds"] == 2
+    assert len(mae["pretrain"]["final_loss_per_seed"]) == 2
+    assert control["method"] == "random_init" and len(control["knn"]["per_seed"]["top1"]) == 2
+    (paired,) = [p for p in report["paired"] if p["versus"] == "mae (untrained)"]
+    assert paired["ci95_kind"] == "Student t over 2 paired seeds" and len(paired["per_seed"]) == 2
+    assert "## Per seed" in (recipe.run_dir / "report.md").read_text()

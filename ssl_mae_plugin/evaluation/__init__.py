@@ -9,6 +9,7 @@ A backbone is any ``torch.nn.Module`` with ``forward_features(images) -> [N, D]`
 
 from ssl_mae_plugin.evaluation.classifier import Budget, FitOptions, check_training_options
 from ssl_mae_plugin.evaluation.features import (
+    FlattenedPixels,
     PooledBackbone,
     cached_features,
     extract_features,
@@ -23,7 +24,6 @@ from ssl_mae_plugin.evaluation.finetune import (
     vit_layer_id,
 )
 from ssl_mae_plugin.evaluation.knn import check_knn_options, knn_classify
-from ssl_mae_plugin.evaluation.lars import LARS
 from ssl_mae_plugin.evaluation.linear import (
     AugmentedLinearProbe,
     LinearHead,
@@ -36,6 +36,7 @@ from ssl_mae_plugin.evaluation.transforms import (
     finetune_train_transform,
     probe_train_transform,
 )
+from ssl_mae_plugin.lars import LARS
 
 __all__ = [
     "LARS",
@@ -43,6 +44,7 @@ __all__ = [
     "Budget",
     "FineTuneClassifier",
     "FitOptions",
+    "FlattenedPixels",
     "LinearHead",
     "PooledBackbone",
     "TransformedDataset",

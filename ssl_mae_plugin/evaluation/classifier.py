@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_mae_plugin.evaluation.metrics import topk_correct
+from ssl_mae_plugin.evaluation.metrics import Tally
 from ssl_mae_plugin.schedules import clip_warmup, warmup_cosine_scheduler
 
 
@@ -84,7 +84,7 @@ class ClassifierModule(pl.LightningModule, ABC):
         self.num_workers = num_workers
         self.even_batches = even_batches
         self.history: list[dict[str, float]] = []
-        self._val_counts = torch.zeros(3, dtype=torch.float64)  # [seen, top1, top5]
+        self._tally = Tally()
 
     # ---- data -----------------------------------------------------------------------------
     @property
@@ -152,21 +152,22 @@ class ClassifierModule(pl.LightningModule, ABC):
     # ---- validation -----------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         """Reset the accuracy counters."""
-        self._val_counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._tally = Tally()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Count top-1 / top-5 hits."""
+        """Count top-1 / top-5 hits and keep the predictions."""
         images, labels = batch[0], batch[1]
-        counts = topk_correct(self.logits(images).float(), labels)
-        self._val_counts += torch.tensor(
-            [len(labels), counts[1], counts[5]], dtype=torch.float64, device=self.device
-        )
+        self._tally.add(self.logits(images).float(), labels)
 
     def on_validation_epoch_end(self) -> None:
         """Reduce the counts over processes and record this epoch's accuracies."""
         if self.trainer.sanity_checking:
             return
-        counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
+        tally = self._tally
+        counts = torch.tensor(
+            [tally.seen, tally.hits[1], tally.hits[5]], dtype=torch.float64, device=self.device
+        )
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         seen = max(float(counts[0]), 1.0)
         top1, top5 = float(counts[1]) / seen, float(counts[2]) / seen
         fitting = self.trainer.state.fn == TrainerFn.FITTING
@@ -230,8 +231,9 @@ def fit_classifier(module: ClassifierModule, options: FitOptions, seed: int = 0)
     Returns:
         ``{"top1", "top5"}`` of the final model, ``"best_top1"`` / ``"best_epoch"`` over the
         evaluated epochs (selected on the validation set, so optimistic), ``"last_top1"``,
-        ``"epochs"``, ``"seconds"`` (wall time of training + evaluation) and ``"history"``
-        (one ``{"epoch", "top1", "top5"}`` per evaluation, epochs counted from 1).
+        ``"epochs"``, ``"seconds"`` (wall time of training + evaluation), ``"history"``
+        (one ``{"epoch", "top1", "top5"}`` per evaluation, epochs counted from 1) and
+        ``"predictions"`` (the final model's top-1 class of each validation sample).
     """
     pl.seed_everything(seed, verbose=False)
     epochs = module.budget.epochs
@@ -260,13 +262,17 @@ def fit_classifier(module: ClassifierModule, options: FitOptions, seed: int = 0)
         if not module.history or module.history[-1]["epoch"] != epochs:
             trainer.validate(module, verbose=False)
     seconds = time.perf_counter() - start
-    return summarize_history(module.history, epochs=epochs, seconds=seconds)
+    return summarize_history(module.history, epochs, seconds, module._tally.predictions)
 
 
 def summarize_history(
-    history: list[dict[str, float]], epochs: int, seconds: float
+    history: list[dict[str, float]], epochs: int, seconds: float, predictions: list[int]
 ) -> dict[str, Any]:
-    """The result dict of an evaluation from its per-epoch accuracies."""
+    """The result dict of an evaluation from its per-epoch accuracies.
+
+    ``predictions`` are the final model's top-1 classes of the validation samples, in order
+    (of this process's samples under DDP).
+    """
     if not history:
         raise RuntimeError("no validation epoch was recorded")
     last = history[-1]
@@ -280,4 +286,5 @@ def summarize_history(
         "epochs": epochs,
         "seconds": seconds,
         "history": list(history),
+        "predictions": predictions,
     }

@@ -48,6 +48,17 @@ class PooledBackbone(nn.Module):
         return self.forward_features(images)
 
 
+class FlattenedPixels(nn.Module):
+    """The backbone protocol on no network: the normalised image, flattened, as its feature.
+
+    The "does pretraining beat pixels?" row of small-image reports.
+    """
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C * H * W]`` normalised pixels."""
+        return images.flatten(1)
+
+
 @contextlib.contextmanager
 def frozen_eval(module: nn.Module):
     """Put every submodule in eval mode, then restore each one's own previous mode."""

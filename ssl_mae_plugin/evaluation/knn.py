@@ -12,7 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ssl_mae_plugin.evaluation.metrics import topk_correct
+from ssl_mae_plugin.evaluation.metrics import Tally
 
 # Similarity block budget: chunk_size * num_train entries (float32) when chunk_size is None.
 _BLOCK_ENTRIES = 2**24
@@ -97,7 +97,8 @@ def knn_classify(
         device: Where to compute; the device of ``train_features`` when omitted.
 
     Returns:
-        ``{"top1", "top5", "k", "temperature"}``: accuracies as fractions in ``[0, 1]``.
+        ``{"top1", "top5", "predictions", "k", "temperature"}``: accuracies as fractions in
+        ``[0, 1]``, the top-1 class of each validation row.
         ``"top5"`` is top-``min(5, C)``, so it is 1.0 with fewer than 5 classes; ``"k"`` is
         the ``k`` actually used.
 
@@ -131,17 +132,14 @@ def knn_classify(
 
     bank = F.normalize(train_features.to(device, torch.float32), dim=1)  # [N, D]
     bank_labels = train_labels.to(device, torch.int64)
-    correct = {1: 0, 5: 0}
+    tally = Tally()
     for start in range(0, len(val_features), chunk_size):
         chunk = val_features[start : start + chunk_size].to(device, torch.float32)
         chunk = F.normalize(chunk, dim=1)  # [m, D]
         scores = knn_predict_scores(chunk, bank, bank_labels, num_classes, k, temperature)
-        counts = topk_correct(scores, val_labels[start : start + chunk_size].to(device))
-        correct = {key: correct[key] + counts[key] for key in correct}
-    total = max(len(val_features), 1)
+        tally.add(scores, val_labels[start : start + chunk_size].to(device))
     return {
-        "top1": correct[1] / total,
-        "top5": correct[5] / total,
+        **tally.result(),
         "k": k,
         "temperature": temperature,
     }

@@ -31,12 +31,12 @@ from ssl_mae_plugin.evaluation.classifier import (
     summarize_history,
 )
 from ssl_mae_plugin.evaluation.features import frozen_eval
-from ssl_mae_plugin.evaluation.lars import LARS
-from ssl_mae_plugin.evaluation.metrics import topk_correct
+from ssl_mae_plugin.evaluation.metrics import Tally
 from ssl_mae_plugin.evaluation.transforms import (
     TransformedDataset,
     probe_train_transform,
 )
+from ssl_mae_plugin.lars import LARS
 from ssl_mae_plugin.schedules import warmup_cosine_lr
 
 PROBE_OPTIMIZERS = ("sgd", "lars", "adamw")
@@ -74,12 +74,10 @@ def _make_optimizer(
 @torch.no_grad()
 def _evaluate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, chunk: int) -> dict:
     head.eval()
-    hits = {1: 0, 5: 0}
+    tally = Tally()
     for start in range(0, len(features), chunk):
-        counts = topk_correct(head(features[start : start + chunk]), labels[start : start + chunk])
-        hits = {k: hits[k] + counts[k] for k in hits}
-    total = max(len(features), 1)
-    return {"top1": hits[1] / total, "top5": hits[5] / total}
+        tally.add(head(features[start : start + chunk]), labels[start : start + chunk])
+    return tally.result()
 
 
 def linear_probe(
@@ -179,8 +177,11 @@ def linear_probe(
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"linear probe loss is {loss.item()} at epoch {epoch + 1}")
-            history.append({"epoch": epoch + 1, **_evaluate(head, x_val, y_val, chunk=65536)})
-    result = summarize_history(history, epochs=epochs, seconds=time.perf_counter() - start_time)
+            evaluation = _evaluate(head, x_val, y_val, chunk=65536)
+            predictions = evaluation.pop("predictions")
+            history.append({"epoch": epoch + 1, **evaluation})
+    seconds = time.perf_counter() - start_time
+    result = summarize_history(history, epochs, seconds, predictions)
     result["optimizer"] = optimizer
     return result
 

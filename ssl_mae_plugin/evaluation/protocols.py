@@ -19,14 +19,14 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_mae_plugin.data import Normalization, eval_transform
+from ssl_mae_plugin.data import Normalization, build_dataset, eval_transform, limit_dataset
 from ssl_mae_plugin.evaluation.classifier import FitOptions
 from ssl_mae_plugin.evaluation.features import cached_features, extract_features
 from ssl_mae_plugin.evaluation.finetune import finetune
 from ssl_mae_plugin.evaluation.knn import knn_classify
 from ssl_mae_plugin.evaluation.linear import augmented_linear_probe, linear_probe
 from ssl_mae_plugin.evaluation.transforms import TransformedDataset
-from ssl_mae_plugin.recipes import Recipe
+from ssl_mae_plugin.recipes import Recipe, RecipeError
 from ssl_mae_plugin.storage import digest, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,50 @@ class EvalData:
     key: dict[str, Any]
 
 
+def prepare_data(recipe: Recipe) -> EvalData:
+    """Build both splits and check them against the recipe before any work starts.
+
+    Raises:
+        DatasetUnavailableError: For a missing root, split or class folder.
+        RecipeError: For a batch larger than the training split.
+    """
+    data = recipe.data
+    splits = []
+    for split, max_images in ((data.train_split, data.max_train_images),
+                              (data.val_split, data.max_val_images)):  # fmt: skip
+        dataset = build_dataset(
+            data.dataset,
+            split,
+            root=data.root,
+            download=data.download,
+            on_bad_image=data.on_bad_image,
+            bad_image_log=recipe.run_dir / "bad_images.txt",
+        )
+        # The same subset for every seed: rows of different seeds are paired image by image.
+        splits.append(limit_dataset(dataset, max_images, seed=recipe.all_seeds[0]))
+    train, val = splits
+    batches = {"pretrain.batch_size": recipe.pretrain.batch_size}
+    for name in ("linear", "finetune"):
+        section = getattr(recipe.eval, name)
+        if section is not None and getattr(section, "mode", "trained") != "cached":
+            batches[f"eval.{name}.batch_size"] = section.batch_size
+    for key, batch in batches.items():
+        if batch > len(train):
+            raise RecipeError(
+                f"{key}={batch} is larger than the {len(train)} training images "
+                "(incomplete batches are dropped)"
+            )
+    key = {
+        "dataset": data.dataset,
+        "root": str(Path(data.root).resolve()) if data.root else None,
+        "splits": (data.train_split, data.val_split),
+        "sizes": (len(train), len(val)),
+        "subset_seed": recipe.all_seeds[0],
+    }
+    normalization = Normalization(tuple(data.mean), tuple(data.std))
+    return EvalData(train, val, normalization, len(train.classes), key)
+
+
 class Evaluator:
     """Evaluates models the same way (k-NN, linear probe, fine-tuning), with caches.
 
@@ -72,13 +116,21 @@ class Evaluator:
         )
         self.transform = eval_transform(recipe.data.image_size, data.normalization)
 
-    def evaluate(self, model: nn.Module, folder: Path, identity: dict[str, Any]) -> dict:
+    def evaluate(
+        self,
+        model: nn.Module,
+        folder: Path,
+        identity: dict[str, Any],
+        frozen_only: bool = False,
+    ) -> dict:
         """k-NN / linear / fine-tune results of ``model``, reusing cached parts.
 
         Args:
             model: Has ``forward_features``; ``backbone`` (a timm ViT) for fine-tuning.
             folder: Where the caches of this model live.
             identity: What identifies the weights (checkpoint file or untrained seed).
+            frozen_only: Only what runs on cached features (k-NN, the cached linear
+                probe), e.g. for a model that is no network.
         """
         cache_path = folder / "eval.json"
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -92,14 +144,19 @@ class Evaluator:
             ("finetune", config.finetune),
         ):
             vit = getattr(model, "backbone", None)
-            if section is None or (part == "finetune" and not isinstance(vit, VisionTransformer)):
+            cached = part != "finetune" and getattr(section, "mode", "cached") == "cached"
+            if (
+                section is None
+                or (frozen_only and not cached)
+                or (part == "finetune" and not isinstance(vit, VisionTransformer))
+            ):
                 results[part] = None
                 continue
             key = digest({"identity": identity, "part": self._settings(part, section)})
             if cache.get(part, {}).get("key") == key:
                 results[part] = cache[part]["result"]
                 continue
-            if part != "finetune" and getattr(section, "mode", "cached") == "cached":
+            if cached:
                 features = features or self._features(model, folder, identity)
             logger.debug("evaluating %s: %s", folder.name, part)
             results[part] = self._run(part, section, model, features)
@@ -108,14 +165,21 @@ class Evaluator:
         return results
 
     def _settings(self, part: str, section: Any) -> dict[str, Any]:
-        """Everything a part's result depends on besides the weights."""
+        """Everything a part's result depends on besides the weights: its cache key.
+
+        The part's own options, which images (:attr:`EvalData.key`), how they are resized
+        and normalised (the evaluation transform), the seed of heads and data order, the
+        precision and the device kind. Not in it, as they do not change results: the
+        feature batch size, loader workers, progress bars.
+        """
         return {
             "part": part,
             "options": section.model_dump(),
             "data": self.data.key,
-            "image_size": self.recipe.data.image_size,
+            "transform": repr(self.transform),
             "seed": self.recipe.seed,
             "precision": self.fit.precision,
+            "device": self.device.type,
         }
 
     def _features(
@@ -124,12 +188,13 @@ class Evaluator:
         precision = "bf16" if str(self.fit.precision).startswith("bf16") else "32"
         out: list[torch.Tensor] = []
         for split, dataset in (("train", self.data.train), ("val", self.data.val)):
-            key = {
+            key = {  # what the features depend on besides the weights (see _settings)
                 "identity": identity,
                 "split": split,
                 "data": self.data.key,
                 "transform": repr(self.transform),
                 "precision": precision,
+                "device": self.device.type,
             }
             loader = DataLoader(
                 TransformedDataset(dataset, self.transform),

@@ -162,5 +162,7 @@ def noise_from_seeds(
     number of processes or what ran before: resumed and multi-process runs see the masks
     of a single uninterrupted run.
     """
-    noise = uniform_from_seeds(seeds, num_patches, stream=MASK_STREAM)
-    return torch.from_numpy(noise).to(device, non_blocking=True)
+    noise = torch.from_numpy(uniform_from_seeds(seeds, num_patches, stream=MASK_STREAM))
+    if torch.device(device or "cpu").type == "cuda":
+        noise = noise.pin_memory()  # so that the copy is queued, not waited for
+    return noise.to(device, non_blocking=True)

@@ -1,6 +1,6 @@
 """SSL methods as LightningModules, registered by name."""
 
-from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
+from ssl_mae_plugin.methods.base import SSLMethod, TrainingRecipe, family_of
 from ssl_mae_plugin.methods.registry import (
     ENTRY_POINT_GROUP,
     UnknownMethodError,
@@ -11,9 +11,10 @@ from ssl_mae_plugin.methods.registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "OptimizerDefaults",
     "SSLMethod",
+    "TrainingRecipe",
     "UnknownMethodError",
+    "family_of",
     "get_method",
     "list_methods",
     "register_method",

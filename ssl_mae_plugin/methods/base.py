@@ -10,6 +10,7 @@ Each method subclasses :class:`SSLMethod`, builds its networks, and implements
 
 from __future__ import annotations
 
+import math
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -19,9 +20,9 @@ from typing import Any, ClassVar, Literal
 import pytorch_lightning as pl
 import torch
 from lightly.utils.benchmarking import OnlineLinearClassifier
-from lightly.utils.lars import LARS
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
+from torch.nn.utils import get_total_norm
 
 from ssl_mae_plugin.backbones import (
     available_backbones,
@@ -31,37 +32,84 @@ from ssl_mae_plugin.backbones import (
     is_vit,
 )
 from ssl_mae_plugin.data import Normalization
+from ssl_mae_plugin.lars import LARS
 from ssl_mae_plugin.mae.visualize import ImageGrid
+from ssl_mae_plugin.methods.finite import NonFiniteWatch
 from ssl_mae_plugin.schedules import clip_warmup, warmup_cosine_scheduler
 
 Optimizer = Literal["adamw", "lars", "sgd"]
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or its gradients became NaN or infinite (training stops before a step)."""
+Family = Literal["vit", "convnet"]
+FAMILY_NAMES: dict[str, str] = {"vit": "ViTs", "convnet": "ConvNets (ResNets)"}
+OPTIMIZER_NAMES = {"adamw": "AdamW", "lars": "LARS", "sgd": "SGD"}
+
+
+def family_of(backbone: str) -> Family:
+    """The recipe family of a backbone name: ``convnet`` for ResNets and kin, else ``vit``."""
+    return "convnet" if is_convnet(backbone) else "vit"
 
 
 @dataclass(frozen=True)
-class OptimizerDefaults:
-    """A method's optimisation recipe, as its paper (or lightly's benchmarks) use it.
+class TrainingRecipe:
+    """How a method pretrains one backbone family, as a published source does it.
 
     Attributes:
+        source: Where the numbers come from (paper section, reference code, config file).
         optimizer: ``adamw``, ``lars`` or ``sgd``.
-        blr: Base learning rate; the actual one is ``blr * batch_size / 256``.
+        blr: Base learning rate (see ``lr_scaling``).
+        lr_scaling: ``linear``: ``lr = blr * batch_size / 256`` [1]; ``sqrt``:
+            ``lr = blr * sqrt(batch_size)`` (SimCLR's rule for small batches).
         weight_decay: Decoupled (AdamW) or L2 (LARS, SGD) weight decay.
         betas: AdamW betas.
         momentum: LARS / SGD momentum.
         warmup_fraction: Warmup length as a fraction of the epochs when the recipe does
             not give ``warmup_epochs`` (MAE: 40 of 800 = 0.05).
+        notes: What else of the recipe the method's own arguments carry, in words.
     """
 
-    optimizer: str = "adamw"
+    source: str
+    optimizer: Optimizer = "adamw"
     blr: float = 1.5e-4
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
     warmup_fraction: float = 0.05
+    notes: str = ""
+
+    def peak_lr(self, blr: float, batch_size: int) -> float:
+        """The learning rate of ``blr`` at a global batch under this recipe's scaling rule."""
+        if self.lr_scaling == "sqrt":
+            return blr * math.sqrt(batch_size)
+        return blr * batch_size / 256
+
+    def describe(self) -> str:
+        """One line: optimizer, learning rate rule, weight decay, warmup, source."""
+        rule = "sqrt(batch)" if self.lr_scaling == "sqrt" else "batch/256"
+        optimizer = OPTIMIZER_NAMES[self.optimizer]
+        if self.optimizer == "adamw":
+            optimizer += f" (betas {self.betas[0]:g}, {self.betas[1]:g})"
+        else:
+            optimizer += f" (momentum {self.momentum})"
+        notes = f"; {self.notes}" if self.notes else ""
+        return (
+            f"{optimizer}, lr = {self.blr:g} x {rule}, wd {self.weight_decay:g}, warmup "
+            f"{100 * self.warmup_fraction:.3g} % of the epochs{notes} [{self.source}]"
+        )
+
+
+# The ViT recipe of the methods that publish none of their own (SimCLR, BYOL, VICReg):
+# MoCo v3's ViT setting (MoCo v3 paper, Sec. 4: AdamW, weight decay 0.1, 40 of 300 epochs
+# warmup) with the base learning rate chosen by our sweep (benchmarks/VIT_RECIPES.md).
+SWEPT_VIT_RECIPE = TrainingRecipe(
+    source="MoCo v3's ViT setting; lr from our sweep, benchmarks/VIT_RECIPES.md",
+    optimizer="adamw",
+    blr=1.5e-3,
+    weight_decay=0.1,
+    warmup_fraction=40 / 300,
+)
 
 
 class SSLMethod(pl.LightningModule, ABC):
@@ -87,9 +135,11 @@ class SSLMethod(pl.LightningModule, ABC):
     """
 
     name: ClassVar[str] = ""
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults()
-    # A different recipe for ConvNet backbones (``None``: the same for every backbone).
-    convnet_optimizer_defaults: ClassVar[OptimizerDefaults | None] = None
+    # The published recipe of each backbone family the method supports.
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {}
+    # Constructor arguments that change ``forward_features`` of the same weights (e.g. MAE's
+    # pooling); with the backbone's weights they identify an untrained control.
+    feature_options: ClassVar[tuple[str, ...]] = ()
     # Crop-scale range when the views are RandomResizedCrop + flip alone, which
     # ``data.in_memory`` can make on the device (``None``: not supported).
     device_crop_scale: ClassVar[tuple[float, float] | None] = None
@@ -113,33 +163,43 @@ class SSLMethod(pl.LightningModule, ABC):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.defaults = defaults = self.defaults_for(backbone)
+        self.recipe = recipe = self.recipe_for(backbone)
         self.backbone_name = backbone
         self.image_size = image_size
         self.patch_size = patch_size
         self.vit_overrides = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
         self.num_classes = num_classes
         self.batch_size = batch_size
-        self.blr = defaults.blr if blr is None else blr
-        self.weight_decay = defaults.weight_decay if weight_decay is None else weight_decay
+        self.blr = recipe.blr if blr is None else blr
+        self.weight_decay = recipe.weight_decay if weight_decay is None else weight_decay
         self.warmup_epochs = warmup_epochs
         self.min_lr = min_lr
-        self.optimizer_name = defaults.optimizer if optimizer is None else optimizer
+        self.optimizer_name = recipe.optimizer if optimizer is None else optimizer
         if self.optimizer_name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer_name!r}")
         self.online_probe = online_probe
         self.seed = seed
         self.online_classifier: OnlineLinearClassifier | None = None
+        self.nonfinite = NonFiniteWatch()
         self._batches_done = 0
 
     # -- what a method provides ------------------------------------------------------------
 
     @classmethod
-    def defaults_for(cls, backbone: str) -> OptimizerDefaults:
-        """The optimisation recipe for a backbone (some methods differ for ConvNets)."""
-        if cls.convnet_optimizer_defaults is not None and is_convnet(backbone):
-            return cls.convnet_optimizer_defaults
-        return cls.optimizer_defaults
+    def recipe_for(cls, backbone: str) -> TrainingRecipe:
+        """The method's published recipe for the family of ``backbone``.
+
+        Raises:
+            ValueError: Naming the backbone when the method has no recipe for its family.
+        """
+        family = family_of(backbone)
+        if family not in cls.recipes:
+            supported = ", ".join(FAMILY_NAMES[f] for f in cls.recipes) or "none"
+            raise ValueError(
+                f"backbone: {cls.name} has no recipe for {FAMILY_NAMES[family]} such as "
+                f"{backbone!r} (it supports: {supported})"
+            )
+        return cls.recipes[family]
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
@@ -156,6 +216,7 @@ class SSLMethod(pl.LightningModule, ABC):
                 f"backbone: unknown backbone {backbone!r}; choose from "
                 f"{', '.join(available_backbones())} or a timm model name"
             )
+        cls.recipe_for(backbone)
         patch_size, image_size = options["patch_size"], options["image_size"]
         if is_vit(backbone) and image_size % patch_size:
             raise ValueError(
@@ -224,12 +285,20 @@ class SSLMethod(pl.LightningModule, ABC):
         views, labels, seeds = batch
         self._batches_done = batch_idx + 1
         loss, features = self.ssl_step(views, seeds)
-        self.check_finite(loss, batch_idx)
+        self.nonfinite.note("loss", loss)
         batch_size = len(labels)
+        # No value leaves the device here, and none is sent to it: the epoch mean
+        # accumulates on the device (reduced over ranks at the epoch's end); the per-step
+        # loss and learning rate are logged at the logging interval, and read by Lightning
+        # then. (A progress-bar metric would be read at every step's end, so there is none.)
         self.log(
-            "train/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch_size
+            "train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size
         )
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch_size)
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            learning_rate = self.lr_schedulers().get_last_lr()[0]
+            self.log_dict(
+                {"train/loss_step": loss.detach(), "train/lr": learning_rate}, batch_size=batch_size
+            )
         if self.online_classifier is not None and features is not None:
             probe_loss, probe_log = self.online_classifier.training_step(
                 (features.detach(), labels), batch_idx
@@ -240,53 +309,43 @@ class SSLMethod(pl.LightningModule, ABC):
             loss = loss + probe_loss
         return loss
 
-    def check_finite(self, loss: Tensor, batch_idx: int) -> None:
-        """Stop every rank before the optimizer step if any rank's loss is not finite.
-
-        Like facebookresearch/mae, which checks every step; the weights, and the last
-        checkpoint, are still those of the last good step.
-
-        Raises:
-            NonFiniteLossError: Naming the step.
-        """
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            return
-        raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) at step {self.global_step} (epoch "
-            f"{self.current_epoch}, batch {batch_idx}); stopped before updating the weights, "
-            "the last checkpoint is kept. Lower the learning rate or use precision 32"
-        )
+    def on_fit_start(self) -> None:
+        """Start watching for non-finite losses and gradients on the device."""
+        self.nonfinite.start(self.device, self.global_step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop before a step with non-finite gradients (a finite loss can still have them).
+        """Note non-finite gradients (a finite loss can still have them), without a sync.
 
         Skipped under 16-bit mixed precision, whose gradient scaler skips such steps itself.
-        After DDP's all-reduce every rank holds the same gradients and decides alike.
-
-        Raises:
-            NonFiniteLossError: Naming the step.
         """
         if str(self.trainer.precision).startswith("16"):
             return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-        norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
-        if not torch.isfinite(norm):
-            raise NonFiniteLossError(
-                f"non-finite gradients at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {self._batches_done - 1}); stopped before updating the weights, the "
-                "last checkpoint is kept. Lower the learning rate or use precision 32"
-            )
+        self.nonfinite.note("gradients", get_total_norm([g for g in grads if g is not None]))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Count the step; every ``trainer.log_every_n_steps`` steps read the watch.
+
+        Raises:
+            NonFiniteLossError: Naming the first bad step.
+        """
+        self.nonfinite.advance()
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.nonfinite.check(self.trainer.num_training_batches)
 
     def optimizer_parameters(self) -> list[dict[str, Any]]:
-        """Parameter groups: no weight decay for biases, 1-D parameters and the online probe.
+        """Parameter groups: no weight decay for biases and 1-D parameters, the probe apart.
 
-        timm's ``param_groups_weight_decay``, the grouping facebookresearch/mae pretrains
-        with (cls and mask tokens are decayed there too).
+        The online probe gets neither weight decay nor LARS adaptation. The rest is timm's
+        ``param_groups_weight_decay``, the grouping facebookresearch/mae pretrains with (cls
+        and mask tokens are decayed there too).
         """
-        probe = self.online_classifier
-        names = [name for name, _ in probe.named_parameters("online_classifier")] if probe else []
-        groups = param_groups_weight_decay(self, self.weight_decay, no_weight_decay_list=names)
+        groups = param_groups_weight_decay(self, self.weight_decay)
+        probe = [] if self.online_classifier is None else list(self.online_classifier.parameters())
+        probe_ids = {id(p) for p in probe}
+        for group in groups:
+            group["params"] = [p for p in group["params"] if id(p) not in probe_ids]
+        groups.append({"params": probe, "weight_decay": 0.0, "lars_adaptation": False})
         return [group for group in groups if group["params"]]
 
     @property
@@ -296,27 +355,27 @@ class SSLMethod(pl.LightningModule, ABC):
 
     @property
     def base_lr(self) -> float:
-        """``blr * batch_size / 256``, the linear scaling rule [1]."""
-        return self.blr * self.batch_size / 256
+        """The peak learning rate: ``blr`` scaled to the global batch by the recipe's rule."""
+        return self.recipe.peak_lr(self.blr, self.batch_size)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The method's optimizer with per-step linear warmup and half-cycle cosine [0]."""
         groups = self.optimizer_parameters()
-        defaults = self.defaults
+        recipe = self.recipe
         if self.optimizer_name == "adamw":  # the fused kernel: one launch for all tensors
             optimizer = torch.optim.AdamW(
-                groups, lr=self.base_lr, betas=defaults.betas, fused=self.fused_optimizer
+                groups, lr=self.base_lr, betas=recipe.betas, fused=self.fused_optimizer
             )
         elif self.optimizer_name == "lars":
-            optimizer = LARS(groups, lr=self.base_lr, momentum=defaults.momentum)
+            optimizer = LARS(groups, lr=self.base_lr, momentum=recipe.momentum)
         else:
-            optimizer = torch.optim.SGD(groups, lr=self.base_lr, momentum=defaults.momentum)
+            optimizer = torch.optim.SGD(groups, lr=self.base_lr, momentum=recipe.momentum)
 
         total_steps = int(self.trainer.estimated_stepping_batches)
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         steps_per_epoch = max(total_steps // max_epochs, 1)
         warmup_epochs = (
-            defaults.warmup_fraction * max_epochs
+            recipe.warmup_fraction * max_epochs
             if self.warmup_epochs is None
             else self.warmup_epochs
         )
@@ -336,7 +395,14 @@ class SSLMethod(pl.LightningModule, ABC):
     # -- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the method name and where in the data the run stands."""
+        """Record the method name and where in the data the run stands.
+
+        First the watch is read: a checkpoint after a non-finite step is never written.
+
+        Raises:
+            NonFiniteLossError: Naming the first bad step.
+        """
+        self.nonfinite.check(self.trainer.num_training_batches)
         checkpoint["ssl_method"] = self.name
         epoch, done = self.current_epoch, self._batches_done
         if done >= self.trainer.num_training_batches:

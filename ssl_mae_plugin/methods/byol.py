@@ -1,14 +1,16 @@
 """BYOL as an SSL method, built from lightly's heads, loss, transform and EMA utilities.
 
-Hyperparameters follow lightly's ImageNet ResNet-50 benchmark [1], which takes the
-settings of the BYOL reference code for 100 epochs [2] (slightly different from the
-paper's 1000-epoch ones [0]): LARS with base learning rate 0.45 (``lr = 0.45 *
-batch_size / 256``), momentum 0.9, weight decay 1e-6, 10 warmup epochs of 100, teacher
-EMA momentum following a cosine from 0.99 to 1 over all steps, projection and
-prediction MLPs 4096-256 with batch norm, and the symmetrised loss ``2 - 2 cos``
-per direction. Views come from lightly's asymmetric ``BYOLTransform`` (blur 1.0 / 0.1,
-solarisation 0 / 0.2); for images of at most 64 pixels the blur is off, as in lightly's
-CIFAR-10 benchmark [3].
+The recipe depends on the backbone family. ConvNets: lightly's ImageNet ResNet-50
+benchmark [1], which takes the settings of the BYOL reference code for 100 epochs [2]
+(slightly different from the paper's 1000-epoch ones [0]): LARS with base learning rate
+0.45 (``lr = 0.45 * batch_size / 256``), momentum 0.9, weight decay 1e-6, 10 warmup
+epochs of 100. ViTs: BYOL publishes none of its own; we use MoCo v3's ViT setting [4]
+(AdamW, weight decay 0.1, 40 of 300 epochs warmup) with the base learning rate chosen by
+a small sweep (benchmarks/VIT_RECIPES.md). Both: teacher EMA momentum following a
+cosine from 0.99 to 1 over all steps, projection and prediction MLPs 4096-256 with batch
+norm, and the symmetrised loss ``2 - 2 cos`` per direction. Views come from lightly's
+asymmetric ``BYOLTransform`` (blur 1.0 / 0.1, solarisation 0 / 0.2); for images of at
+most 64 pixels the blur is off, as in lightly's CIFAR-10 benchmark [3].
 
 - [0]: Bootstrap Your Own Latent, 2020, https://arxiv.org/abs/2006.07733
 - [1]: lightly, benchmarks/imagenet/resnet50/byol.py,
@@ -17,11 +19,13 @@ CIFAR-10 benchmark [3].
   https://github.com/deepmind/deepmind-research/blob/master/byol/configs/byol.py
 - [3]: lightly, docs/source/getting_started/benchmarks/cifar10_benchmark.py,
   https://github.com/lightly-ai/lightly
+- [4]: An Empirical Study of Training Self-Supervised Vision Transformers (MoCo v3), 2021,
+  https://arxiv.org/abs/2104.02057
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -32,7 +36,7 @@ from torch import Tensor
 
 from ssl_mae_plugin.backbones import CIFAR_STEM_MAX_SIZE
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import OptimizerDefaults
+from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE, Family, TrainingRecipe
 from ssl_mae_plugin.methods.teacher import TeacherStudentMethod
 
 
@@ -64,9 +68,16 @@ class BYOL(TeacherStudentMethod):
     """
 
     name: ClassVar[str] = "byol"
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="lars", blr=0.45, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1
-    )
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
+        "convnet": TrainingRecipe(
+            source="lightly's ResNet-50 benchmark, from the BYOL reference code",
+            optimizer="lars",
+            blr=0.45,
+            weight_decay=1e-6,
+            warmup_fraction=10 / 100,
+        ),
+        "vit": SWEPT_VIT_RECIPE,
+    }
 
     def __init__(
         self,

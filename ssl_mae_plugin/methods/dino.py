@@ -5,14 +5,16 @@ Hyperparameters follow the paper [0], its reference code [1] and lightly's bench
 
 - ViTs (the paper's main setting, lightly's ViT benchmark [3]): AdamW with base learning
   rate 5e-4 (``lr = 5e-4 * batch_size / 256``), weight decay following a cosine from 0.04
-  to 0.4, 10 warmup epochs of 100, crops scales (0.4, 1) global / (0.05, 0.4) local.
+  to 0.4, 10 warmup epochs of 100, crops scales (0.4, 1) global / (0.05, 0.4) local,
+  stochastic depth 0.1 in the student (none in the teacher).
 - ConvNets (ResNets): SGD with base learning rate 0.03, momentum 0.9 and constant weight
   decay 1e-4, global crop scale (0.14, 1) and local crop scale (0.05, 0.14), as the
   reference code recommends for ResNet-50 [1] and lightly's ResNet-50 benchmark uses
   [2] (that benchmark multiplies 0.03 by the batch size without dividing by 256; we
   keep the reference code's ``/ 256`` scaling).
 
-Both: a 3-layer projection MLP (hidden 2048, bottleneck 256) with a weight-normalised
+Both: each parameter's gradient norm clipped to 3.0 (the reference code's default), a
+3-layer projection MLP (hidden 2048, bottleneck 256) with a weight-normalised
 last layer of ``output_dim`` = 65536 prototypes (smaller values suit small data), the
 last layer frozen during the first epoch, teacher temperature warmed up linearly from
 0.04 to 0.07 over 30 epochs [0], student temperature 0.1, centre momentum 0.9, teacher
@@ -42,7 +44,7 @@ checkpoints and evaluation are those of an ordinary ViT of that size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -54,7 +56,7 @@ from torch import Tensor, nn
 
 from ssl_mae_plugin.backbones import CIFAR_STEM_MAX_SIZE, build_backbone, is_convnet, is_vit
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import OptimizerDefaults
+from ssl_mae_plugin.methods.base import Family, TrainingRecipe
 from ssl_mae_plugin.methods.teacher import TeacherStudentMethod
 
 
@@ -97,16 +99,30 @@ class DINO(TeacherStudentMethod):
             ``None``: 0.4 for ViTs [0], constant for ConvNets [1].
         n_local_views: Number of local crops.
         local_crop_size: Local crop size; ``None``: see :func:`scaled_local_crop_size`.
+        drop_path_rate: Stochastic depth of a ViT student (0.1 [1]); the teacher has none.
+        clip_grad: Per-parameter gradient norm clip (3.0 [1]); ``None`` or 0 disables it.
         **common: :class:`SSLMethod` arguments.
     """
 
     name: ClassVar[str] = "dino"
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="adamw", blr=5e-4, weight_decay=0.04, betas=(0.9, 0.999), warmup_fraction=0.1
-    )
-    convnet_optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="sgd", blr=0.03, weight_decay=1e-4, momentum=0.9, warmup_fraction=0.1
-    )
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
+        "vit": TrainingRecipe(
+            source="DINO paper, Sec. 4 and App.; main_dino.py defaults",
+            optimizer="adamw",
+            blr=5e-4,
+            weight_decay=0.04,
+            warmup_fraction=10 / 100,
+            notes="wd cosine to 0.4, per-parameter gradient clip 3.0, student drop path 0.1",
+        ),
+        "convnet": TrainingRecipe(
+            source="facebookresearch/dino README, ResNet-50 command",
+            optimizer="sgd",
+            blr=0.03,
+            weight_decay=1e-4,
+            warmup_fraction=10 / 100,
+            notes="constant wd, per-parameter gradient clip 3.0, crops 0.14-1 / 0.05-0.14",
+        ),
+    }
 
     def __init__(
         self,
@@ -127,6 +143,8 @@ class DINO(TeacherStudentMethod):
         weight_decay_end: float | None = None,
         n_local_views: int = 6,
         local_crop_size: int | None = None,
+        drop_path_rate: float = 0.1,
+        clip_grad: float | None = 3.0,
         **common: Any,
     ) -> None:
         super().__init__(
@@ -141,11 +159,13 @@ class DINO(TeacherStudentMethod):
             )
         self.n_local_views = n_local_views
         self.local_crop_size = local_crop_size
+        self.drop_path_rate = drop_path_rate
+        self.clip_grad = clip_grad
         if weight_decay_end is None:
             weight_decay_end = self.weight_decay if convnet else 0.4
         self.weight_decay_end = weight_decay_end
 
-        self.backbone = self.build_backbone()
+        self.backbone = self.build_backbone(drop_path_rate)
         head = {
             "input_dim": self.feature_dim,
             "hidden_dim": hidden_dim,
@@ -155,10 +175,9 @@ class DINO(TeacherStudentMethod):
             "norm_last_layer": norm_last_layer,
         }
         self.projection_head = DINOProjectionHead(**head, freeze_last_layer=freeze_last_layer)
-        # a weight-normalised layer cannot be deep-copied: build the head and copy weights
-        teacher_head = DINOProjectionHead(**head)
-        teacher_head.load_state_dict(self.projection_head.state_dict())
-        self.init_teacher(teacher_head)
+        # A weight-normalised layer cannot be deep-copied; the teacher has no stochastic
+        # depth [1]: both are built anew and given the student's weights.
+        self.init_teacher(DINOProjectionHead(**head), teacher_backbone=self.build_backbone(0.0))
         self.criterion = DINOLoss(
             output_dim=output_dim,
             warmup_teacher_temp=warmup_teacher_temp,
@@ -186,14 +205,19 @@ class DINO(TeacherStudentMethod):
             normalize=normalization.as_lightly(),
         )
 
-    def build_backbone(self) -> nn.Module:
-        """The named backbone; ViTs resample their position table for smaller local crops."""
+    def build_backbone(self, drop_path_rate: float = 0.0) -> nn.Module:
+        """The named backbone; a ViT with stochastic depth ``drop_path_rate``.
+
+        The ViT resamples its position table for the smaller local crops; its drop path
+        rate rises linearly over the blocks (timm's rule).
+        """
         if is_vit(self.backbone_name):
             return build_backbone(
                 self.backbone_name,
                 self.image_size,
                 self.patch_size,
                 dynamic_img_size=True,
+                drop_path_rate=drop_path_rate,
                 **self.vit_overrides,
             )
         return super().build_backbone()
@@ -223,6 +247,25 @@ class DINO(TeacherStudentMethod):
         for group in groups:
             group["scheduled_weight_decay"] = group["weight_decay"] > 0
         return groups
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip each parameter's gradient norm to ``clip_grad``, as DINO's reference code [1].
+
+        Per parameter, not the global norm: ``g *= clip / (||g|| + 1e-6)`` where that is
+        below 1. Lightning calls this after unscaling 16-bit gradients.
+        """
+        if not self.clip_grad:
+            return
+        student = [*self.backbone.parameters(), *self.projection_head.parameters()]
+        grads = [p.grad for p in student if p.grad is not None]
+        norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        scales = (self.clip_grad / (norms + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, list(scales.unbind()))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Keep the last layer fixed in the first epoch(s); follow the weight decay schedule."""

@@ -15,7 +15,7 @@ from torch import Tensor
 from ssl_mae_plugin.data import Normalization
 from ssl_mae_plugin.mae import MAE, MAE_FACTORIES, noise_from_seeds, num_kept
 from ssl_mae_plugin.mae.visualize import ImageGrid, reconstruction_grid
-from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
+from ssl_mae_plugin.methods.base import Family, SSLMethod, TrainingRecipe
 
 Pool = Literal["cls", "mean"]
 
@@ -57,9 +57,18 @@ class MAEMethod(SSLMethod):
 
     name: ClassVar[str] = "mae"
     device_crop_scale: ClassVar[tuple[float, float] | None] = (0.2, 1.0)
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="adamw", blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_fraction=0.05
-    )
+    feature_options: ClassVar[tuple[str, ...]] = ("pool",)
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
+        "vit": TrainingRecipe(
+            source="MAE paper, App. A.1",
+            optimizer="adamw",
+            blr=1.5e-4,
+            weight_decay=0.05,
+            betas=(0.9, 0.95),
+            warmup_fraction=40 / 800,
+            notes="mask ratio 0.75, norm-pix loss, crops 0.2-1 + flip",
+        )
+    }
 
     def __init__(
         self,
@@ -110,6 +119,7 @@ class MAEMethod(SSLMethod):
 
     def on_fit_start(self) -> None:
         """Compile the training loss on CUDA unless the recipe said otherwise."""
+        super().on_fit_start()
         if self.compile is None and self.device.type == "cuda":
             self.training_loss = torch.compile(self.model.training_loss)
 

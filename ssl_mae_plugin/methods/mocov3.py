@@ -34,7 +34,7 @@ lightly has no loss for MoCo v3's contrast of queries against in-batch momentum 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ssl_mae_plugin.backbones import is_convnet, is_vit
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import OptimizerDefaults
+from ssl_mae_plugin.methods.base import Family, TrainingRecipe
 from ssl_mae_plugin.methods.byol import byol_transform
 from ssl_mae_plugin.methods.teacher import TeacherStudentMethod
 
@@ -89,16 +89,24 @@ class MoCoV3(TeacherStudentMethod):
     """
 
     name: ClassVar[str] = "mocov3"
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="adamw",
-        blr=1.5e-4,
-        weight_decay=0.1,
-        betas=(0.9, 0.999),
-        warmup_fraction=40 / 300,
-    )
-    convnet_optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="lars", blr=0.6, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1
-    )
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
+        "vit": TrainingRecipe(
+            source="MoCo v3 paper, Sec. 4; moco-v3 CONFIG.md",
+            optimizer="adamw",
+            blr=1.5e-4,
+            weight_decay=0.1,
+            warmup_fraction=40 / 300,
+            notes="temperature 0.2, patch projection frozen at its init, 3-layer projector",
+        ),
+        "convnet": TrainingRecipe(
+            source="moco-v3 CONFIG.md, 100-epoch ResNet-50",
+            optimizer="lars",
+            blr=0.6,
+            weight_decay=1e-6,
+            warmup_fraction=10 / 100,
+            notes="temperature 1.0, 2-layer projector",
+        ),
+    }
 
     def __init__(
         self,

@@ -1,10 +1,19 @@
 """SimCLR as an SSL method, built from lightly's head, loss and transform.
 
-Hyperparameters follow the paper [0] and lightly's ImageNet ResNet-50 benchmark [1]:
-LARS with base learning rate 0.3 (``lr = 0.3 * batch_size / 256``, the paper's linear
-scaling), momentum 0.9, weight decay 1e-6, 10 warmup epochs of 100, a 2-layer projection
-head whose hidden layer is as wide as the backbone features (2048-2048-128 for ResNet-50)
-and NT-Xent with temperature 0.1, negatives gathered from all devices. For images of at
+The recipe depends on the backbone family:
+
+- ConvNets: lightly's ImageNet ResNet-50 benchmark [1]: LARS with momentum 0.9 and
+  ``lr = 0.075 * sqrt(batch_size)`` (the square-root scaling the paper recommends for
+  batches up to 2048 and short schedules, its App. B.1), weight decay 1e-6, 10 warmup
+  epochs of 100.
+- ViTs: SimCLR publishes none of its own; MoCo v3 [3] trains ViTs (its own and its
+  contrastive baselines) with AdamW. We use MoCo v3's ViT setting (weight decay 0.1, 40
+  of 300 epochs warmup) with the base learning rate chosen by a small sweep
+  (benchmarks/VIT_RECIPES.md).
+
+Both: a 2-layer projection head whose hidden layer is as wide as the backbone features
+(2048-2048-128 for ResNet-50) and NT-Xent with temperature 0.1, negatives gathered from
+all devices. For images of at
 most 64 pixels the Gaussian blur is off, as in the paper's CIFAR-10 setup (Appendix B.9)
 and lightly's CIFAR-10 benchmark [2], and the colour jitter strength is 0.5 (B.9).
 
@@ -13,11 +22,13 @@ and lightly's CIFAR-10 benchmark [2], and the colour jitter strength is 0.5 (B.9
   https://github.com/lightly-ai/lightly/blob/master/benchmarks/imagenet/resnet50/simclr.py
 - [2]: lightly, docs/source/getting_started/benchmarks/cifar10_benchmark.py,
   https://github.com/lightly-ai/lightly
+- [3]: An Empirical Study of Training Self-Supervised Vision Transformers (MoCo v3), 2021,
+  https://arxiv.org/abs/2104.02057
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +39,7 @@ from torch import Tensor
 
 from ssl_mae_plugin.backbones import CIFAR_STEM_MAX_SIZE
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
+from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE, Family, SSLMethod, TrainingRecipe
 
 
 class SimCLR(SSLMethod):
@@ -43,9 +54,17 @@ class SimCLR(SSLMethod):
     """
 
     name: ClassVar[str] = "simclr"
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="lars", blr=0.3, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1
-    )
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
+        "convnet": TrainingRecipe(
+            source="lightly's ResNet-50 benchmark; SimCLR App. B.1",
+            optimizer="lars",
+            blr=0.075,
+            lr_scaling="sqrt",
+            weight_decay=1e-6,
+            warmup_fraction=10 / 100,
+        ),
+        "vit": SWEPT_VIT_RECIPE,
+    }
 
     def __init__(
         self,

@@ -37,12 +37,27 @@ class TeacherStudentMethod(SSLMethod):
         self.momentum_start = momentum_start
         self.momentum_end = momentum_end
 
-    def init_teacher(self, teacher_projection_head: nn.Module | None = None) -> None:
-        """Copy the student into a frozen teacher (a head may be given ready-made)."""
-        self.teacher_backbone = copy.deepcopy(self.backbone)
-        if teacher_projection_head is None:
-            teacher_projection_head = copy.deepcopy(self.projection_head)
-        self.teacher_projection_head = teacher_projection_head
+    def init_teacher(
+        self,
+        teacher_projection_head: nn.Module | None = None,
+        teacher_backbone: nn.Module | None = None,
+    ) -> None:
+        """Make a frozen teacher with the student's weights.
+
+        The student's networks are deep-copied unless given ready-made (a head that cannot
+        be copied, a backbone built without stochastic depth); given ones receive the
+        student's weights.
+        """
+        pairs = {
+            "teacher_backbone": (self.backbone, teacher_backbone),
+            "teacher_projection_head": (self.projection_head, teacher_projection_head),
+        }
+        for name, (student, teacher) in pairs.items():
+            if teacher is None:
+                teacher = copy.deepcopy(student)
+            else:
+                teacher.load_state_dict(student.state_dict())
+            setattr(self, name, teacher)
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_projection_head)
 

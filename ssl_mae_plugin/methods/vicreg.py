@@ -1,8 +1,12 @@
 """VICReg as an SSL method, built from lightly's head, loss and transform.
 
-Hyperparameters follow the paper [0] and lightly's ImageNet ResNet-50 benchmark [1]:
-LARS with base learning rate 0.2 (``lr = 0.2 * batch_size / 256``), momentum 0.9, weight
-decay 1e-6, 10 warmup epochs of 100, a 3-layer expander 8192-8192-8192 with batch norm,
+The recipe depends on the backbone family. ConvNets: the paper [0] and lightly's
+ImageNet ResNet-50 benchmark [1]: LARS with base learning rate 0.2 (``lr = 0.2 *
+batch_size / 256``; the paper's App. C.4 raises it for small batches and 100 epochs),
+momentum 0.9, weight decay 1e-6, 10 warmup epochs of 100. ViTs: there is no published
+VICReg ViT recipe; we use MoCo v3's ViT setting [3] (AdamW, weight decay 0.1, 40 of 300
+epochs warmup) with the base learning rate chosen by a small sweep
+(benchmarks/VIT_RECIPES.md). Both: a 3-layer expander 8192-8192-8192 with batch norm,
 and the loss weights invariance 25, variance 25, covariance 1, statistics gathered from
 all devices. Views come from lightly's ``VICRegTransform``; for images of at most 64
 pixels the blur is off, as in lightly's CIFAR-10 benchmark [2]. (The paper ends the
@@ -14,11 +18,13 @@ cosine schedule at 1% of the base rate; set ``min_lr`` for that.)
   https://github.com/lightly-ai/lightly/blob/master/benchmarks/imagenet/resnet50/vicreg.py
 - [2]: lightly, docs/source/getting_started/benchmarks/cifar10_benchmark.py,
   https://github.com/lightly-ai/lightly
+- [3]: An Empirical Study of Training Self-Supervised Vision Transformers (MoCo v3), 2021,
+  https://arxiv.org/abs/2104.02057
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -29,7 +35,7 @@ from torch import Tensor
 
 from ssl_mae_plugin.backbones import CIFAR_STEM_MAX_SIZE
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import OptimizerDefaults, SSLMethod
+from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE, Family, SSLMethod, TrainingRecipe
 
 
 class VICReg(SSLMethod):
@@ -46,9 +52,16 @@ class VICReg(SSLMethod):
     """
 
     name: ClassVar[str] = "vicreg"
-    optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(
-        optimizer="lars", blr=0.2, weight_decay=1e-6, momentum=0.9, warmup_fraction=0.1
-    )
+    recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
+        "convnet": TrainingRecipe(
+            source="VICReg paper, Sec. 4.1 and App. C",
+            optimizer="lars",
+            blr=0.2,
+            weight_decay=1e-6,
+            warmup_fraction=10 / 100,
+        ),
+        "vit": SWEPT_VIT_RECIPE,
+    }
 
     def __init__(
         self,

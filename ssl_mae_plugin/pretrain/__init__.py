@@ -13,17 +13,23 @@ from ssl_mae_plugin.pretrain.trainer import (
     PretrainResult,
     build_method,
     check_accelerator,
+    check_checkpoint,
     pretrain,
+    set_aside,
     summarize,
+    training_settings,
 )
 
 __all__ = [
     "PretrainResult",
     "build_method",
     "check_accelerator",
+    "check_checkpoint",
     "checkpoint_path",
     "load_mae",
     "load_pretrained",
     "pretrain",
+    "set_aside",
     "summarize",
+    "training_settings",
 ]

@@ -68,7 +68,7 @@ class EpochMetrics(Callback):
         row = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "loss": _metric(metrics, "train/loss_epoch"),
+            "loss": _metric(metrics, "train/loss"),
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "seconds": round(seconds, 3),
             "images_per_second": round(steps * self.global_batch / seconds, 2) if seconds else "",
@@ -137,7 +137,13 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        """Save and stop if any rank was signalled."""
+        """Save and stop if any rank was signalled.
+
+        Ranks agree by a collective, which waits for the device: with several processes it
+        runs at the logging interval only, so a stop takes effect within that many steps.
+        """
+        if trainer.world_size > 1 and trainer.global_step % trainer.log_every_n_steps:
+            return
         stop = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
         if not stop:
             return

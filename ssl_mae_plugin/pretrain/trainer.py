@@ -9,8 +9,12 @@ run (see :mod:`ssl_mae_plugin.pretrain.sampling`).
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -23,12 +27,18 @@ from ssl_mae_plugin.data import Normalization
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.pretrain.augment import DeviceCropFlip
 from ssl_mae_plugin.pretrain.callbacks import (
+    RUN_INFO_KEY,
     EpochMetrics,
     GracefulInterrupt,
     RunInfo,
     read_metrics,
 )
-from ssl_mae_plugin.pretrain.checkpoints import CHECKPOINT_NAME, checkpoint_path, data_position
+from ssl_mae_plugin.pretrain.checkpoints import (
+    CHECKPOINT_NAME,
+    checkpoint_path,
+    data_position,
+    read_checkpoint,
+)
 from ssl_mae_plugin.pretrain.datamodule import PretrainData
 from ssl_mae_plugin.recipes import Recipe, RecipeError, TrainerConfig
 
@@ -52,6 +62,91 @@ class PretrainResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return asdict(self)
+
+
+def training_settings(recipe: Recipe, index: int) -> dict[str, Any]:
+    """Everything that decides the weights method ``index`` trains to (JSON-friendly).
+
+    Stored in each checkpoint; a checkpoint whose settings differ from the recipe's is
+    stale (see :func:`check_checkpoint`). Devices, workers and logging do not change the
+    weights and are not part of it.
+    """
+    entry, data = recipe.methods[index], recipe.data
+    settings = {
+        "method": entry.name,
+        "options": entry.options(),
+        "seed": recipe.seed,
+        "epochs": recipe.pretrain.epochs,
+        "batch_size": recipe.pretrain.batch_size,
+        "precision": recipe.trainer.precision,
+        "data": {
+            "dataset": data.dataset,
+            "root": str(Path(data.root).expanduser().resolve()) if data.root else None,
+            "train_split": data.train_split,
+            "image_size": data.image_size,
+            "max_train_images": data.max_train_images,
+            "mean": data.mean,
+            "std": data.std,
+            "in_memory": data.in_memory,
+        },
+    }
+    return json.loads(json.dumps(settings))
+
+
+def check_checkpoint(recipe: Recipe, index: int) -> None:
+    """Refuse a checkpoint of method ``index`` trained with other settings than the recipe's.
+
+    Raises:
+        RecipeError: Naming each differing setting with both values and the ways forward.
+    """
+    checkpoint = checkpoint_path(recipe.method_dir(index))
+    if not checkpoint.is_file() or recipe.pretrain.retrain:
+        return
+    state = read_checkpoint(checkpoint)
+    saved = state.get(RUN_INFO_KEY, {}).get("settings")
+    wanted = training_settings(recipe, index)
+    if saved is None:  # an older checkpoint: only the method's own arguments can be compared
+        logger.warning(
+            "%s records no training settings; only its method options are checked", checkpoint
+        )
+        options = json.loads(json.dumps(state.get("hyper_parameters", {}), default=str))
+        saved = {"options": {key: options.get(key) for key in wanted["options"]}}
+        wanted = {"options": wanted["options"]}
+    changes = [
+        f"{key} {old!r} -> {new!r}" for key, (old, new) in _differences(saved, wanted).items()
+    ]
+    if changes:
+        label = recipe.methods[index].label
+        raise RecipeError(
+            f"methods.{index} ({label}): {checkpoint} was trained with other settings "
+            f"(checkpoint -> recipe: {'; '.join(changes)}); give the entry another label "
+            f"to train a new model beside it, or set pretrain.retrain=true to move "
+            f"{recipe.method_dir(index)} aside and train it again"
+        )
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two nested mappings."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return {} if old == new else {prefix: (old, new)}
+    changed: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(old) | set(new)):
+        changed |= _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+    return changed
+
+
+def set_aside(recipe: Recipe, index: int) -> Path | None:
+    """With ``pretrain.retrain``: move a stale run of method ``index`` aside; its new path."""
+    method_dir = recipe.method_dir(index)
+    checkpoint = checkpoint_path(method_dir)
+    if not (recipe.pretrain.retrain and checkpoint.is_file()):
+        return None
+    saved = read_checkpoint(checkpoint).get(RUN_INFO_KEY, {}).get("settings")
+    if saved == training_settings(recipe, index):
+        return None
+    target = method_dir.with_name(f"{method_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    method_dir.rename(target)
+    return target
 
 
 def build_method(recipe: Recipe, index: int, num_classes: int) -> SSLMethod:
@@ -155,13 +250,16 @@ def build_trainer(
     )
 
 
-def pretrain(recipe: Recipe, index: int, dataset: Dataset) -> PretrainResult:
+def pretrain(
+    recipe: Recipe, index: int, dataset: Dataset, callbacks: Sequence[Callback] = ()
+) -> PretrainResult:
     """Pretrain method ``index`` of the recipe, resuming from its last checkpoint if any.
 
     Args:
         recipe: A validated recipe.
         index: Which entry of ``recipe.methods``.
         dataset: The training split (``(image, label)`` items with ``classes``).
+        callbacks: More Lightning callbacks for the trainer.
 
     Returns:
         The recorded result (also when the run had already finished).
@@ -192,6 +290,7 @@ def pretrain(recipe: Recipe, index: int, dataset: Dataset) -> PretrainResult:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     run_info = {
+        "settings": training_settings(recipe, index),
         "recipe": recipe.name,
         "dataset": recipe.data.dataset,
         "image_size": recipe.data.image_size,
@@ -200,5 +299,6 @@ def pretrain(recipe: Recipe, index: int, dataset: Dataset) -> PretrainResult:
     }
     steps_per_epoch = max(len(dataset) // recipe.pretrain.batch_size, 1)
     trainer = build_trainer(recipe, index, steps_per_epoch, run_info)
+    trainer.callbacks.extend(callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint if checkpoint.is_file() else None)
     return summarize(recipe, index)

@@ -55,23 +55,47 @@ def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     parts = [p for p in PARTS if any(accuracy(r, p) for r in rows)]
     if not parts:
         return None
-    labels = [f"{r['method']}\n{r['backbone']}" for r in rows]
+    labels = [f"{r['label']}\n{r['backbone']}" for r in rows]
     width = 0.8 / len(parts)
     figure = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4))
     axes = figure.subplots()
     for offset, part in enumerate(parts):
         values = [100 * (accuracy(r, part) or 0.0) for r in rows]
+        intervals = [((r.get(part) or {}).get("ci95") or {}).get("top1") for r in rows]
+        errors = [
+            [v - 100 * ci[0] if ci else 0.0 for v, ci in zip(values, intervals, strict=True)],
+            [100 * ci[1] - v if ci else 0.0 for v, ci in zip(values, intervals, strict=True)],
+        ]
         positions = [i + (offset - (len(parts) - 1) / 2) * width for i in range(len(rows))]
-        bars = axes.bar(positions, values, width=width, label=PART_NAMES[part])
-        axes.bar_label(bars, fmt="%.1f", fontsize=7)
-    axes.set_xticks(range(len(rows)), labels, fontsize=8)
+        bars = axes.bar(
+            positions, values, width=width, label=PART_NAMES[part], yerr=errors, capsize=2
+        )
+        axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    crowded = len(rows) > 6 or max(len(label) for label in labels) > 24
+    axes.set_xticks(
+        range(len(rows)),
+        labels,
+        fontsize=8,
+        rotation=30 if crowded else 0,
+        ha="right" if crowded else "center",
+    )
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.set_title("Validation top-1 (random_init: the backbone untrained)")
+    axes.set_title("Validation top-1 with 95 % intervals (untrained: each method's own control)")
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def summary_figures(rows: list[dict[str, Any]], folder: Path) -> dict[str, str]:
+    """Draw the loss curves and accuracy bars of a report's rows; ``{title: file name}``."""
+    curves = {row["label"]: row["pretrain"]["losses"] for row in rows if row["pretrain"]}
+    drawn = {
+        "pretraining loss": plot_loss_curves(curves, folder / "loss_curves.png"),
+        "accuracy": plot_accuracy_bars(rows, folder / "accuracy.png"),
+    }
+    return {title: path.name for title, path in drawn.items() if path is not None}
 
 
 def save_image_grid(grid: ImageGrid, path: str | Path) -> Path:

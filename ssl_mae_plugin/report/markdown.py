@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ssl_mae_plugin.report.machine import describe_machine
-from ssl_mae_plugin.report.rows import accuracy
+from ssl_mae_plugin.report.rows import PARTS, accuracy
 from ssl_mae_plugin.storage import write_text_atomic
 
-COLUMNS = (
-    "method", "backbone", "params (M)", "epochs", "pretrain time (s)", "images/s", "final loss",
-    "k-NN top1", "k-NN top5", "linear top1", "linear top5", "fine-tune top1",
-)  # fmt: skip
+PART_TITLES = {"knn": "k-NN", "linear": "linear", "finetune": "fine-tune"}
 
 
 def _percent(value: float | None) -> str:
@@ -30,27 +29,85 @@ def _number(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
-def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """The Markdown table of all rows, accuracies in percent."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        pretrain = row.get("pretrain") or {}
-        cells = [
-            row["method"],
-            row["backbone"],
-            f"{row['params'] / 1e6:.2f}",
-            _number(pretrain.get("epochs")),
-            _number(pretrain.get("seconds")),
-            _number(pretrain.get("images_per_second")),
-            _number(pretrain.get("final_loss"), 4),
-            _percent(accuracy(row, "knn")),
-            _percent(accuracy(row, "knn", "top5")),
-            _percent(accuracy(row, "linear")),
-            _percent(accuracy(row, "linear", "top5")),
-            _percent(accuracy(row, "finetune")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+def _with_interval(result: dict[str, Any] | None, key: str = "top1") -> str:
+    """``53.1 (51.2–55.0)`` in percent, or the bare value when no interval was computed."""
+    if not result or result.get(key) is None:
+        return "–"
+    interval = (result.get("ci95") or {}).get(key)
+    if not interval:
+        return _percent(result[key])
+    return f"{_percent(result[key])} ({_percent(interval[0])}–{_percent(interval[1])})"
+
+
+def _table(items: list[Any], columns: dict[str, Callable[[Any], str]]) -> str:
+    """A Markdown table: one line per item, a cell per ``{header: cell of an item}``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(item) for cell in columns.values()) + " |" for item in items]
     return "\n".join(lines)
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """Accuracies of every row in percent, top-1 with its 95 % interval, and its control."""
+    columns: dict[str, Callable[[Any], str]] = {
+        "row": lambda row: row["label"],
+        "backbone": lambda row: row["backbone"],
+        "control": lambda row: row["control"] or "–",
+    }
+    for part in PARTS:
+        columns[f"{PART_TITLES[part]} top1 (95 % CI)"] = partial(_part_cell, part=part)
+    for part in ("knn", "linear"):
+        columns[f"{PART_TITLES[part]} top5"] = partial(_top5_cell, part=part)
+    return _table(rows, columns)
+
+
+def _part_cell(row: dict[str, Any], part: str) -> str:
+    return _with_interval(row.get(part))
+
+
+def _top5_cell(row: dict[str, Any], part: str) -> str:
+    return _percent(accuracy(row, part, "top5"))
+
+
+PRETRAINING_COLUMNS: dict[str, Callable[[Any], str]] = {
+    "row": lambda row: row["label"],
+    "method": lambda row: row["method"],
+    "params (M)": lambda row: f"{row['params'] / 1e6:.2f}",
+    "epochs": lambda row: _number(row["pretrain"]["epochs"]),
+    "seconds": lambda row: _number(row["pretrain"]["seconds"]),
+    "images/s": lambda row: _number(row["pretrain"]["images_per_second"]),
+    "final loss": lambda row: _number(row["pretrain"]["final_loss"], 4),
+}
+DIFFERENCE_COLUMNS: dict[str, Callable[[Any], str]] = {
+    "row": lambda entry: entry["row"],
+    "versus": lambda entry: entry["versus"],
+    "part": lambda entry: PART_TITLES[entry["part"]],
+    "difference (points)": lambda entry: f"{100 * entry['difference']:+.1f}",
+    "95 % CI": lambda entry: f"{100 * entry['ci95'][0]:+.1f} to {100 * entry['ci95'][1]:+.1f}",
+    "excludes 0": lambda entry: "yes" if entry["excludes_zero"] else "no",
+    "kind": lambda entry: entry["ci95_kind"],
+}
+SEED_COLUMNS: dict[str, Callable[[Any], str]] = {
+    "row": lambda item: item[0]["label"],
+    "part": lambda item: PART_TITLES[item[1]],
+    "per seed": lambda item: ", ".join(map(_percent, item[0][item[1]]["per_seed"]["top1"])),
+    "mean": lambda item: _percent(item[0][item[1]]["top1"]),
+    "std": lambda item: _percent(item[0][item[1]]["std"]["top1"]),
+}
+
+
+def pretraining_table(rows: list[dict[str, Any]]) -> str:
+    """What pretraining each trained row had and cost."""
+    return _table([row for row in rows if row.get("pretrain")], PRETRAINING_COLUMNS)
+
+
+def difference_table(paired: list[dict[str, Any]]) -> str:
+    """Top-1 differences in points with their paired 95 % intervals."""
+    return _table(paired, DIFFERENCE_COLUMNS)
+
+
+def seeds_table(rows: list[dict[str, Any]]) -> str:
+    """Each row's top-1 per seed, mean and standard deviation (several seeds)."""
+    return _table([(row, part) for row in rows for part in PARTS if row.get(part)], SEED_COLUMNS)
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -64,13 +121,27 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{dataset['image_size']} px. Machine: {describe_machine(report['machine'])}. "
         f"Finished {report['finished']}.",
         "",
-        "Accuracies in percent on the validation split; `random_init` is the same backbone "
-        f"untrained, evaluated the same way. k-NN: {report['protocols']['knn']}; linear: "
-        f"{report['protocols']['linear']}.",
+        "Accuracies in percent on the validation split. Each trained row names its control: "
+        "the same method built with the same seed and not trained (`random_init`), evaluated "
+        "the same way; `pixels` classifies the normalised, flattened image. k-NN: "
+        f"{report['protocols']['knn']}; linear: {report['protocols']['linear']}. "
+        f"Seeds: {', '.join(map(str, report['seeds']))}. 95 % intervals: "
+        f"{_interval_kind(report['rows'])}.",
         "",
         comparison_table(report["rows"]),
         "",
+        "## Paired differences",
+        "",
+        "Top-1 of each row minus its control's and minus the reference row's, on the same "
+        "images. Where the interval excludes 0 the difference is more than this run's "
+        "sampling noise.",
+        "",
+        difference_table(report["paired"]),
+        "",
     ]
+    if len(report["seeds"]) > 1:
+        parts += ["## Per seed", "", seeds_table(report["rows"]), ""]
+    parts += ["## Pretraining", "", pretraining_table(report["rows"]), ""]
     if report["notes"]:
         parts += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
     parts += ["## Figures", ""]
@@ -78,6 +149,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     recipe = yaml.safe_dump(report["recipe"], sort_keys=False).rstrip()
     parts += ["", "## Recipe", "", "```yaml", recipe, "```", ""]
     return "\n".join(parts)
+
+
+def _interval_kind(rows: list[dict[str, Any]]) -> str:
+    kinds = {row[p]["ci95_kind"] for row in rows for p in PARTS if (row.get(p) or {}).get("ci95")}
+    return "; ".join(sorted(kinds)) or "none"
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:

@@ -31,18 +31,31 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def make_row(
+    label: str,
     method: str,
-    entry: MethodEntry,
-    backbone: nn.Module,
+    entry: MethodEntry | None,
+    backbone: nn.Module | None,
     pretrain: dict[str, Any] | None,
     results: dict[str, Any],
 ) -> dict[str, Any]:
-    """One row: what was evaluated, how it was pretrained (``None``: untrained), results."""
+    """One row: what was evaluated, how it was pretrained (``None``: untrained), results.
+
+    Args:
+        label: The row's name (a method entry's label, ``mae (untrained)``, ``pixels``).
+        method: The registered method, ``random_init`` for an untrained control, or
+            ``pixels``.
+        entry: The recipe entry the model comes from (``None``: none).
+        backbone: The evaluated network (``None``: none).
+        pretrain: The pretraining summary (``None``: not pretrained).
+        results: ``{"knn", "linear", "finetune"}`` results (``None``: not run).
+    """
     return {
+        "label": label,
         "method": method,
-        "backbone": describe_backbone(entry),
-        "params": count_parameters(backbone),
+        "backbone": describe_backbone(entry) if entry else "",
+        "params": count_parameters(backbone) if backbone else 0,
         "pretrain": pretrain,
+        "control": None,
         **{part: results.get(part) for part in PARTS},
     }
 

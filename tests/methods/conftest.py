@@ -130,9 +130,15 @@ def check_optimizer_groups(method: Any) -> None:
 
 
 def run_pretraining(
-    output_dir: Path, image_folder: Path, entry: dict[str, Any], epochs: int
+    output_dir: Path,
+    image_folder: Path,
+    entry: dict[str, Any],
+    epochs: int,
+    image_size: int = 32,
+    batch_size: int = 32,
+    images: int = 128,
 ) -> tuple[Recipe, list[float]]:
-    """Pretrain one method on 128 real CIFAR-10 JPEGs with the Trainer; per-epoch losses."""
+    """Pretrain one method on real CIFAR-10 JPEGs with the Trainer; per-epoch losses."""
     recipe = recipe_from_dict(
         {
             "name": "methods-test",
@@ -142,12 +148,12 @@ def run_pretraining(
                 "root": str(image_folder),
                 "train_split": "train",
                 "val_split": "test",
-                "image_size": 32,
+                "image_size": image_size,
                 "num_workers": 0,
-                "max_train_images": 128,
+                "max_train_images": images,
             },
             "methods": [entry],
-            "pretrain": {"epochs": epochs, "batch_size": 32},
+            "pretrain": {"epochs": epochs, "batch_size": batch_size},
             "trainer": {"accelerator": "cpu", "progress_bar": False},
         }
     )

@@ -12,7 +12,11 @@ TINY = dict(
 def test_weight_decay_groups_are_those_facebookresearch_mae_pretrains_with():
     model = MAEMethod(**TINY, online_probe=True, num_classes=3)
     groups = model.optimizer_parameters()
-    by_decay = {group["weight_decay"]: {id(p) for p in group["params"]} for group in groups}
+    by_decay: dict[float, set[int]] = {}
+    for group in groups:
+        by_decay.setdefault(group["weight_decay"], set()).update(id(p) for p in group["params"])
+    (probe,) = [group for group in groups if group.get("lars_adaptation") is False]
+    assert {id(p) for p in probe["params"]} == {id(p) for p in model.online_classifier.parameters()}
     assert set(by_decay) == {0.0, 0.05}
     # The official rule (timm's add_weight_decay without a skip list): no decay for 1-D
     # parameters and biases; trainable only; the cls and mask tokens are decayed.
@@ -37,7 +41,7 @@ def test_lr_is_scaled_by_global_batch_and_defaults_come_from_the_method():
     model = MAEMethod(**TINY, batch_size=4096)
     assert model.base_lr == pytest.approx(1.5e-4 * 16)
     assert model.weight_decay == 0.05 and model.optimizer_name == "adamw"
-    assert MAEMethod.optimizer_defaults.betas == (0.9, 0.95)
+    assert MAEMethod.recipe_for("vit_base").betas == (0.9, 0.95)
     assert MAEMethod(**TINY, blr=1e-3, batch_size=512).base_lr == pytest.approx(2e-3)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         MAEMethod(**TINY, optimizer="adam")

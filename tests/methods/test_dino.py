@@ -82,8 +82,8 @@ def test_optimizer_defaults_depend_on_the_backbone_family():
     resnet = DINO(**RESNET18, **HEAD)
     assert (resnet.optimizer_name, resnet.blr, resnet.weight_decay) == ("sgd", 0.03, 1e-4)
     assert resnet.weight_decay_end == 1e-4
-    assert DINO.defaults_for("resnet50").optimizer == "sgd"
-    assert DINO.defaults_for("vit_base").optimizer == "adamw"
+    assert DINO.recipe_for("resnet50").optimizer == "sgd"
+    assert DINO.recipe_for("vit_base").optimizer == "adamw"
     assert DINO(**RESNET18, **HEAD, optimizer="lars").optimizer_name == "lars"
     assert is_convnet("resnet50") and not is_convnet("vit_small")
 

@@ -37,7 +37,7 @@ def test_features_are_the_unmasked_encoder_cls_token():
 
 
 def test_needs_a_vit():
-    with pytest.raises(ValueError, match="mae needs a ViT"):
+    with pytest.raises(ValueError, match="mae has no recipe for ConvNets"):
         MAEMethod(backbone="resnet18", image_size=32)
 
 

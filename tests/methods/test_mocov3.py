@@ -54,7 +54,7 @@ def test_recipe_depends_on_the_backbone_family():
         0.1,
         0.2,
     )
-    assert vit.defaults.warmup_fraction == pytest.approx(40 / 300)
+    assert vit.recipe.warmup_fraction == pytest.approx(40 / 300)
     assert linear_layers(vit.projection_head) == 3
     assert linear_layers(vit.prediction_head) == 2
     resnet = MoCoV3(**RESNET18, **HEADS)
@@ -64,7 +64,7 @@ def test_recipe_depends_on_the_backbone_family():
         1e-6,
         1.0,
     )
-    assert resnet.defaults.warmup_fraction == 0.1
+    assert resnet.recipe.warmup_fraction == 0.1
     assert linear_layers(resnet.projection_head) == 2
 
 

@@ -1,8 +1,9 @@
 import pytest
 
+from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE
 from ssl_mae_plugin.methods.simclr import SimCLR
 from ssl_mae_plugin.pretrain.callbacks import read_metrics
-from tests.methods.conftest import BACKBONES, TINY_VIT, check_ssl_step, make_views
+from tests.methods.conftest import BACKBONES, RESNET18, TINY_VIT, check_ssl_step, make_views
 
 HEAD = {"hidden_dim": 64, "output_dim": 32}
 
@@ -15,12 +16,17 @@ def test_ssl_step_on_real_views_reaches_backbone_and_head(backbone, cifar_images
     assert all(view.shape == (len(cifar_images), 3, 32, 32) for view in views)
 
 
-def test_defaults_follow_the_paper_and_lightly():
+def test_resnets_get_lightlys_square_root_recipe_and_vits_adamw():
+    resnet = SimCLR(**RESNET18)
+    assert (resnet.optimizer_name, resnet.blr, resnet.weight_decay) == ("lars", 0.075, 1e-6)
+    assert resnet.recipe.warmup_fraction == 0.1 and resnet.recipe.lr_scaling == "sqrt"
+    assert resnet.base_lr == pytest.approx(0.075 * 16)  # sqrt(256)
+    assert SimCLR(**RESNET18, batch_size=1024).base_lr == pytest.approx(0.075 * 32)
     method = SimCLR(**TINY_VIT)
-    assert (method.optimizer_name, method.blr, method.weight_decay) == ("lars", 0.3, 1e-6)
-    assert method.defaults.warmup_fraction == 0.1
+    assert (method.optimizer_name, method.weight_decay) == ("adamw", 0.1)
+    assert method.recipe is SWEPT_VIT_RECIPE and method.recipe.lr_scaling == "linear"
+    assert method.base_lr == pytest.approx(SWEPT_VIT_RECIPE.blr)  # batch 256
     assert method.criterion.temperature == 0.1 and method.criterion.gather_distributed
-    assert method.base_lr == pytest.approx(0.3)  # batch 256
     layers = [m for m in method.projection_head.modules() if m.__class__.__name__ == "Linear"]
     assert [(m.in_features, m.out_features) for m in layers] == [(32, 32), (32, 128)]
 

@@ -1,7 +1,8 @@
 import pytest
 
+from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE
 from ssl_mae_plugin.methods.vicreg import VICReg
-from tests.methods.conftest import BACKBONES, NORMALIZATION, TINY_VIT, check_ssl_step
+from tests.methods.conftest import BACKBONES, NORMALIZATION, RESNET18, TINY_VIT, check_ssl_step
 
 HEAD = {"hidden_dim": 64, "output_dim": 64}
 
@@ -12,10 +13,16 @@ def test_ssl_step_on_real_views_reaches_backbone_and_expander(backbone, cifar_im
     check_ssl_step(method, cifar_images, [method.backbone, method.projection_head])
 
 
-def test_defaults_follow_the_paper_and_lightly():
-    method = VICReg(**TINY_VIT)
-    assert (method.optimizer_name, method.blr, method.weight_decay) == ("lars", 0.2, 1e-6)
-    assert method.defaults.warmup_fraction == 0.1
+def test_resnets_get_the_papers_lars_recipe_and_vits_adamw():
+    resnet = VICReg(**RESNET18)
+    assert (resnet.optimizer_name, resnet.blr, resnet.weight_decay) == ("lars", 0.2, 1e-6)
+    assert resnet.recipe.warmup_fraction == 0.1
+    vit = VICReg(**TINY_VIT)
+    assert vit.recipe is SWEPT_VIT_RECIPE and (vit.optimizer_name, vit.weight_decay) == (
+        "adamw",
+        0.1,
+    )
+    method = vit
     loss = method.criterion
     assert (loss.lambda_param, loss.mu_param, loss.nu_param) == (25.0, 25.0, 1.0)
     assert loss.gather_distributed

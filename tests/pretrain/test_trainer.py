@@ -8,8 +8,11 @@ import pytest
 import torch
 import yaml
 
-from ssl_mae_plugin.pretrain.callbacks import read_metrics
-from ssl_mae_plugin.pretrain.checkpoints import data_position
+from ssl_mae_plugin.cli import main
+from ssl_mae_plugin.pretrain import check_checkpoint
+from ssl_mae_plugin.pretrain.callbacks import RUN_INFO_KEY, read_metrics
+from ssl_mae_plugin.pretrain.checkpoints import data_position, read_checkpoint
+from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from tests.conftest import final_weights, pretrain_method, run_cli, tiny_recipe
 
 
@@ -90,3 +93,39 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(cifar_fo
         for run in ("one", "two")
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_a_checkpoint_trained_otherwise_is_refused_before_any_work(cifar_folder, tmp_path, capsys):
+    raw = tiny_recipe(cifar_folder, tmp_path, pretrain={"epochs": 1})
+    pretrain_method(raw)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    checkpoint = tmp_path / "t" / "mae" / "checkpoints" / "last.ckpt"
+    stamp = checkpoint.stat().st_mtime_ns
+    for overrides, change in [
+        (["methods.0.mask_ratio=0.5"], "options.mask_ratio 0.75 -> 0.5"),
+        (["pretrain.epochs=2"], "epochs 1 -> 2"),
+        (["trainer.precision=bf16-mixed"], "precision '32' -> 'bf16-mixed'"),
+    ]:
+        assert main(["run", str(path), *overrides]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"methods.0 (mae): {checkpoint} was trained with other settings" in line
+        assert change in line and "another label" in line and "pretrain.retrain=true" in line
+    assert checkpoint.stat().st_mtime_ns == stamp  # nothing touched
+
+
+def test_retrain_moves_the_stale_run_aside_and_trains_anew(cifar_folder, tmp_path):
+    raw = tiny_recipe(cifar_folder, tmp_path, pretrain={"epochs": 1})
+    first = pretrain_method(raw)
+    raw["methods"][0]["mask_ratio"] = 0.5
+    raw["pretrain"]["retrain"] = True
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["pretrain", str(path)]) == 0
+    (stale,) = (tmp_path / "t").glob("mae.stale-*")
+    assert (stale / "checkpoints" / "last.ckpt").is_file()  # the old run is kept
+    settings = read_checkpoint(first.checkpoint)[RUN_INFO_KEY]["settings"]
+    assert settings["options"]["mask_ratio"] == 0.5  # the new run
+    raw["pretrain"]["retrain"] = False
+    recipe = recipe_from_dict(raw)
+    check_checkpoint(recipe, 0)  # matches now

@@ -24,9 +24,11 @@ def test_loss_curves_skip_methods_without_losses_and_none_at_all(tmp_path):
 
 def test_accuracy_bars_need_some_accuracy(tmp_path):
     rows = [
-        {"method": "mae", "backbone": "vit_tiny/4", "knn": {"top1": 0.4}, "linear": None},
-        {"method": "random_init", "backbone": "vit_tiny/4", "knn": {"top1": 0.3}, "linear": None},
-    ]
+        {"label": "mae", "backbone": "vit_tiny/4", "linear": None,
+         "knn": {"top1": 0.4, "ci95": {"top1": [0.35, 0.45]}}},
+        {"label": "mae (untrained)", "backbone": "vit_tiny/4", "knn": {"top1": 0.3},
+         "linear": None},
+    ]  # fmt: skip
     assert size_of(plot_accuracy_bars(rows, tmp_path / "a.png"))[0] > 300
     empty = [{**row, "knn": None} for row in rows]
     assert plot_accuracy_bars(empty, tmp_path / "b.png") is None

@@ -1,9 +1,15 @@
-"""LARS as used by the MAE linear probe (after MoCo v3's implementation).
+"""LARS as the SSL reference code has it: SimCLR's, BYOL's, MoCo v3's and MAE's probe.
+
+The trust ratio ``eta * ||w|| / ||g + wd * w||`` and weight decay apply to weight matrices
+only (``ndim > 1``); biases and normalisation scales get plain momentum SGD. All on the
+device: no value is read by the host, so a step never waits for the GPU (unlike
+``lightly.utils.lars.LARS``, which branches on its norms in Python).
 
 - [0]: Masked Autoencoders Are Scalable Vision Learners, 2021, https://arxiv.org/abs/2111.06377
 - [1]: Large Batch Training of Convolutional Networks (LARS), 2017, https://arxiv.org/abs/1708.03888
 - [2]: An Empirical Study of Training Self-Supervised Vision Transformers (MoCo v3), 2021,
   https://arxiv.org/abs/2104.02057
+- [3]: google-research/simclr, lars_optimizer.py, https://github.com/google-research/simclr
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ class LARS(torch.optim.Optimizer):
         mu = momentum * mu + g
         p = p - lr * mu
 
-    Parameters with ``ndim <= 1`` (biases, normalisation scales) get neither weight decay
-    nor the trust ratio: plain SGD with momentum. Unlike ``lightly.utils.lars.LARS``, the
-    trust ratio is applied even when ``weight_decay == 0``, which is how the MAE linear
-    probe uses it (wd 0, lr = 0.1 * batch / 256) [0, 2].
+    Parameters with ``ndim <= 1`` (biases, normalisation scales), and the groups with
+    ``"lars_adaptation": False``, get neither weight decay nor the trust ratio: plain SGD
+    with momentum [3]. Unlike ``lightly.utils.lars.LARS``, the trust ratio is applied even
+    when ``weight_decay == 0``, which is how the MAE linear probe uses it (wd 0, lr = 0.1 *
+    batch / 256) [0, 2].
 
     Args:
         params: Parameters or parameter groups.
@@ -71,7 +78,7 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 update = p.grad
-                if p.ndim > 1:
+                if p.ndim > 1 and group.get("lars_adaptation", True):
                     update = update.add(p, alpha=group["weight_decay"])
                     param_norm = torch.linalg.vector_norm(p)
                     update_norm = torch.linalg.vector_norm(update)
