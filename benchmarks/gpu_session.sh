@@ -10,7 +10,12 @@
 # short epoch on the GPU, evaluated), throughput (ViT-B/16 and ViT-Tiny/4 train steps: ours
 # vs lightly vs HF), mfu (ours' ViT-B/16 at batch 512, compiled, fused AdamW, with a
 # kernel-time profile), e2e (ssl-mae pretrain vs lightly's MAE code path on the JPEGs, and
-# ours from memory), recipe (recipes/cifar10_vit_tiny_mae.yaml for $RECIPE_EPOCHS epochs).
+# ours from memory), recipe (recipes/cifar10_vit_tiny_mae.yaml for $RECIPE_EPOCHS epochs),
+# peers (ViT-B/16 bf16 at batch 512, compiled, fused AdamW for ours, lightly and HF alike,
+# with a kernel profile), product (`ssl-mae pretrain` on ViT-B/16 from synthetic images in
+# memory against the bare compiled step), lever (run 2: ours' step with other compile modes
+# and attention kernels). DRY=1 runs every stage's commands on the CPU at toy sizes, to
+# check the script before a GPU session.
 # What the stages write lands in $OUT/results.tgz (no checkpoints or feature caches); the
 # recipe's report, figures and metrics also in $OUT itself; logs go to stdout too.
 set -uo pipefail
@@ -20,7 +25,8 @@ DATA=/tmp/cifar10
 RECIPE_EPOCHS=${RECIPE_EPOCHS:-100}
 mkdir -p "$OUT" "$RESULTS"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
-CLI=(python3 -m ssl_mae_plugin.cli)
+PY=${PYTHON:-python3}  # DRY=1 PYTHON=.venv/bin/python for the CPU rehearsal
+CLI=("$PY" -m ssl_mae_plugin.cli)
 
 setup() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -77,7 +83,87 @@ recipe() {
     cp "$run_dir"/report.* "$run_dir"/figures/*.png "$OUT/" && cp "$run_dir/mae/metrics.csv" "$OUT/"
 }
 
-STAGES=(setup smoke throughput mfu e2e recipe)
+# Sizes: the real run, or DRY=1 toy sizes on the CPU.
+if [ "${DRY:-0}" = 1 ]; then
+    DEVICE=cpu ARCH=small BATCH=8 STEPS=1 REPEATS=1 BACKBONE=vit_tiny PATCH=4 SIZE=32
+    IMAGES=64 EPOCHS=2 PRECISION=32 TRAINER=cpu WORKERS=0
+    OPTS=(--set depth=1 --set decoder_depth=1 --memory off)
+else
+    DEVICE=cuda ARCH=vit_base BATCH=512 STEPS=10 REPEATS=5 BACKBONE=vit_base PATCH=16
+    SIZE=224 IMAGES=8192 EPOCHS=6 PRECISION=bf16-mixed TRAINER=gpu WORKERS=8
+    OPTS=()
+fi
+THROUGHPUT=("$PY" benchmarks/throughput.py --device "$DEVICE" --arch "$ARCH" --batch "$BATCH"
+    --precision bf16 --compile --no-eager --optimizer fused --repeats "$REPEATS"
+    --steps "$STEPS" "${OPTS[@]}")
+
+peers() {
+    "${THROUGHPUT[@]}" --models ours,lightly,hf --profile "$STEPS" \
+        --out "$RESULTS/peers_vitb16_bf16_b512_fused.json"
+}
+
+product() {
+    # Synthetic images (one JPEG size, kept in memory as uint8): the pipeline is not what is
+    # measured here, the training loop around the step is.
+    "$PY" - "$DATA/synthetic" "$IMAGES" "$SIZE" <<'PY' || return 1
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+root, count, size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+for split, n in (("train", count), ("test", 16)):
+    for i in range(n):
+        folder = root / split / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+PY
+    cat > "$RESULTS/product.yaml" <<YAML
+name: product
+output_dir: $RESULTS/product
+data: {dataset: imagefolder, root: $DATA/synthetic, val_split: test, image_size: $SIZE,
+       in_memory: true, num_workers: $WORKERS}
+methods:
+  - {name: mae, backbone: $BACKBONE, patch_size: $PATCH, compile: true, norm_pix_loss: true}
+pretrain: {epochs: $EPOCHS, batch_size: $BATCH}
+trainer: {accelerator: $TRAINER, precision: $PRECISION, progress_bar: false,
+          log_every_n_steps: 50}
+YAML
+    "${CLI[@]}" pretrain "$RESULTS/product.yaml" || return 1
+    cat "$RESULTS/product/product/mae/metrics.csv"
+    "${THROUGHPUT[@]}" --models ours --out "$RESULTS/product_bare_step.json" || return 1
+    "$PY" - "$RESULTS" <<'PY'
+import csv, json, statistics, sys
+from pathlib import Path
+
+results = Path(sys.argv[1])
+rows = list(csv.DictReader(open(results / "product/product/mae/metrics.csv")))
+rates = [float(r["images_per_second"]) for r in rows[1:]]  # epoch 1 compiles
+bare = json.loads((results / "product_bare_step.json").read_text())
+bare_rate = next(r["images_per_second"]["median"] for r in bare["rows"] if r["status"] == "ok")
+product = statistics.median(rates)
+summary = {"product_images_per_second": product, "bare_step_images_per_second": bare_rate,
+           "product_over_bare": product / bare_rate, "epochs_timed": len(rates)}
+print(json.dumps(summary, indent=2))
+(results / "product_vs_bare.json").write_text(json.dumps(summary, indent=2) + "\n")
+PY
+}
+
+lever() {
+    for mode in max-autotune-no-cudagraphs reduce-overhead; do
+        "${THROUGHPUT[@]}" --models ours --compile-mode "$mode" \
+            --out "$RESULTS/lever_compile_${mode}.json"
+    done
+    for backend in flash cudnn efficient; do
+        "${THROUGHPUT[@]}" --models ours --sdpa-backend "$backend" \
+            --out "$RESULTS/lever_sdpa_${backend}.json"
+    done
+}
+
+STAGES=(setup smoke throughput mfu e2e recipe peers product lever)
 for stage in "$@"; do
     if [[ ! " ${STAGES[*]} " =~ [[:space:]]${stage}[[:space:]] ]]; then
         echo "gpu_session.sh: unknown stage '$stage'; stages: ${STAGES[*]}" >&2

@@ -86,6 +86,7 @@ from common import (
 )
 from torch import nn
 from torch.autograd import DeviceType
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity
 
 DEFAULT_BATCH = {"small": 64, "tiny32": 64, "vit_base": 256, "vit_large": 128}
@@ -670,6 +671,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tf32", action="store_true", help="TF32 matmuls for fp32 on CUDA")
     parser.add_argument(
+        "--sdpa-backend",
+        choices=("flash", "cudnn", "efficient", "math"),
+        default=None,
+        help="only this attention kernel (SDPA), for every model; default: torch's choice",
+    )
+    parser.add_argument(
         "--optimizer",
         default="default",
         choices=sorted(OPTIMIZERS),
@@ -727,6 +734,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.sdpa_backend:  # for the whole run: every model's attention takes this kernel
+        backends = {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH,
+        }
+        sdpa_kernel(backends[args.sdpa_backend]).__enter__()
     arch = resolve_arch(args)
     args.batch = args.batch or DEFAULT_BATCH[args.arch]
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -778,6 +793,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "tf32": args.tf32,
         "compile_mode": args.compile_mode,
+        "sdpa_backend": args.sdpa_backend,
         "optimizer": args.optimizer,
         "steps_per_repeat": args.steps,
         "repeats": args.repeats,

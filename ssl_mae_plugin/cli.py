@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ssl_mae_plugin.data import DatasetUnavailableError
+from ssl_mae_plugin.extras import MissingExtraError
 from ssl_mae_plugin.methods.registry import get_method, list_methods
 from ssl_mae_plugin.recipe_loading import load_recipe
 from ssl_mae_plugin.recipes import Recipe, RecipeError
@@ -119,6 +120,19 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's backbone in the files of timm, transformers or facebookresearch/mae."""
+    from ssl_mae_plugin.export import export
+
+    try:
+        written = export(args.checkpoint, args.format, args.out)
+    except ValueError as error:
+        raise BadInputError(str(error)) from error
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Pretrain, evaluate and report every method of a recipe."""
     from ssl_mae_plugin.runner import check_plan, run_recipe
@@ -179,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
     visualize.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     visualize.set_defaults(handler=cmd_visualize)
+
+    export = commands.add_parser(
+        "export",
+        help="a run's backbone for timm, transformers or facebookresearch/mae",
+        description="timm: the ViT encoder as model.safetensors + config.json (a folder); "
+        "hf: an MAE as a transformers ViTMAEForPreTraining folder; official: an MAE as a "
+        "facebookresearch/mae .pth file.",
+    )
+    export.add_argument("checkpoint", help="last.ckpt of a run")
+    export.add_argument("--format", required=True, choices=("timm", "hf", "official"))
+    export.add_argument("--out", required=True, help="folder (timm, hf) or .pth file (official)")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 
@@ -198,7 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         return args.handler(args)
-    except (BadInputError, RecipeError, DatasetUnavailableError, FileNotFoundError) as error:
+    except (
+        BadInputError,
+        RecipeError,
+        DatasetUnavailableError,
+        FileNotFoundError,
+        MissingExtraError,
+    ) as error:
         print(f"ssl-mae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:

@@ -23,6 +23,7 @@ from ssl_mae_plugin.recipes import (
     method_entry_model,
     recipe_model,
 )
+from ssl_mae_plugin.sweeps import entry_origins
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -86,10 +87,20 @@ def recipe_from_dict(raw: Mapping[str, Any]) -> Recipe:
     try:
         return recipe_model().model_validate(dict(raw))
     except ValidationError as error:
-        raise RecipeError(_describe(error.errors()[0], raw)) from None
+        raise RecipeError(_describe(_as_written(error.errors()[0], raw))) from None
 
 
-def _describe(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
+def _as_written(error: Mapping[str, Any], raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The error with ``methods.<i>`` renumbered as in the recipe (before sweep expansion)."""
+    loc = error["loc"]
+    if len(loc) < 2 or loc[0] != "methods" or not isinstance(loc[1], int):
+        return error
+    origins = entry_origins(raw)
+    index = origins[loc[1]] if loc[1] < len(origins) else loc[1]
+    return {**error, "loc": ("methods", index, *loc[2:])}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
     """One line for a pydantic error: the dotted key, what is wrong, the value given."""
     loc = [  # without the tags of tagged unions: methods.0.mae.x -> methods.0.x
         part
@@ -104,7 +115,7 @@ def _describe(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
         field = str(loc[-1])
         if loc[0] == "methods" and field in INJECTED_KEYS:
             return f"{key} is set by {INJECTED_KEYS[field]}, not per method"
-        return f"unknown key {key!r}; valid keys here: {', '.join(_valid_keys(loc, raw))}"
+        return f"unknown key {key!r}; valid keys here: {', '.join(_valid_keys(loc, error['loc']))}"
     if kind == "missing":
         return f"missing key {key!r}"
     if kind in ("union_tag_invalid", "union_tag_not_found") and loc[0] == "methods":
@@ -126,10 +137,13 @@ def _describe(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
     return f"{key}: {message}, got {shown}"
 
 
-def _valid_keys(loc: list[Any], raw: Mapping[str, Any]) -> list[str]:
-    """The keys of the section holding ``loc[-1]`` (a method entry's own for methods.i.x)."""
+def _valid_keys(loc: list[Any], tagged: tuple[Any, ...]) -> list[str]:
+    """The keys of the section holding ``loc[-1]`` (a method entry's own for methods.i.x).
+
+    ``tagged`` is pydantic's location, whose ``methods.<i>.<name>`` names the method.
+    """
     if loc[0] == "methods":
-        name = raw["methods"][loc[1]]["name"]
+        name = tagged[2]
         return list(method_entry_model(name, get_method(name)).model_fields)
     models: list[type[BaseModel]] = [recipe_model()]
     for part in loc[:-1]:

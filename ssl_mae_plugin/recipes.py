@@ -39,6 +39,7 @@ from ssl_mae_plugin.evaluation.knn import check_knn_options, knn_classify
 from ssl_mae_plugin.evaluation.linear import augmented_linear_probe, linear_probe
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.methods.registry import get_method, list_methods
+from ssl_mae_plugin.sweeps import expand_sweep, written_indices
 
 
 class RecipeError(ValueError):
@@ -117,6 +118,9 @@ class PretrainConfig(Section):
     )
 
 
+LoggerName = Literal["csv", "tensorboard", "wandb", "mlflow"]
+
+
 class TrainerConfig(Section):
     """``trainer:`` the Lightning Trainer."""
 
@@ -129,6 +133,15 @@ class TrainerConfig(Section):
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
     progress_bar: bool = True
     log_every_n_steps: Positive = 50
+    # Lightning loggers: csv (logs/ beside metrics.csv), tensorboard, wandb (offline with
+    # WANDB_MODE=offline), mlflow (a file store in the method's folder unless
+    # MLFLOW_TRACKING_URI says otherwise); one or a list.
+    logger: LoggerName | list[LoggerName] = "csv"
+
+    @property
+    def loggers(self) -> list[str]:
+        """The logger names as a list."""
+        return [self.logger] if isinstance(self.logger, str) else list(self.logger)
 
     @property
     def show_progress(self) -> bool:
@@ -248,17 +261,25 @@ INJECTED_KEYS = {
 }
 
 
+class SweepPoint(Section):
+    """Which entry of a sweep an expanded entry is, and its swept values."""
+
+    of: str  # the label of the swept entry
+    values: dict[str, Any]
+
+
 class MethodEntry(Section):
     """One entry of ``methods:``; each registered method gets a subclass with its keys."""
 
     name: str
     label: str | None = None  # the row and folder name; the method's name when omitted
+    sweep_point: SweepPoint | None = None  # set by the expansion of ``sweep:``
 
     method: ClassVar[type[SSLMethod]]
 
     def options(self) -> dict[str, Any]:
         """The constructor arguments this entry gives (all of them, defaults included)."""
-        return self.model_dump(exclude={"name", "label"})
+        return self.model_dump(exclude={"name", "label", "sweep_point"})
 
 
 def method_entry_model(name: str, method: type[SSLMethod]) -> type[MethodEntry]:
@@ -292,6 +313,14 @@ class Recipe(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    # ``{methods.<index>.<option>: [values]}``; expanded into ``methods`` on validation
+    # (see :mod:`ssl_mae_plugin.sweeps`), so dumps hold the expanded entries instead.
+    sweep: dict[str, list[Any]] | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_sweep(cls, data: Any) -> Any:
+        return expand_sweep(data, _known_entry_model)
 
     @property
     def run_dir(self) -> Path:
@@ -329,7 +358,8 @@ class Recipe(Section):
                 )
             self.seed = self.seeds[0]
         seen: set[str] = set()
-        for index, entry in enumerate(self.methods):
+        written = written_indices([e.sweep_point and e.sweep_point.of for e in self.methods])
+        for index, entry in zip(written, self.methods, strict=True):
             for key in PretrainConfig.SHARED:
                 if key not in entry.model_fields_set and getattr(self.pretrain, key) is not None:
                     setattr(entry, key, getattr(self.pretrain, key))
@@ -361,10 +391,15 @@ class Recipe(Section):
         return self
 
     def _check_method(self, index: int, entry: MethodEntry) -> None:
+        point = entry.sweep_point
+        where = f"methods.{index}" if point is None else f"sweep point {entry.label}"
+        if point is not None and any(getattr(entry, k, v) != v for k, v in point.values.items()):
+            raise PydanticCustomError("recipe", f"{where}: its sweep_point is not its options")
         try:
             entry.method.check_options({**entry.options(), "image_size": self.data.image_size})
         except ValueError as error:
-            raise PydanticCustomError("recipe", f"methods.{index}.{error}") from error
+            separator = "." if point is None else ": "
+            raise PydanticCustomError("recipe", f"{where}{separator}{error}") from error
         if self.data.in_memory and entry.method.device_crop_scale is None:
             raise PydanticCustomError(
                 "recipe",
@@ -378,6 +413,11 @@ def _recipe_model(methods: tuple[tuple[str, type[SSLMethod]], ...]) -> type[Reci
     entries = [Annotated[method_entry_model(n, m), Tag(n)] for n, m in methods]
     entry_type = Annotated[Union[tuple(entries)], Discriminator(_method_name)]  # noqa: UP007
     return create_model("Recipe", __base__=Recipe, methods=(list[entry_type], Field(min_length=1)))
+
+
+def _known_entry_model(name: str) -> type[MethodEntry] | None:
+    """The entry model of a registered method, ``None`` for another name."""
+    return method_entry_model(name, get_method(name)) if name in list_methods() else None
 
 
 def _method_name(value: Any) -> str | None:

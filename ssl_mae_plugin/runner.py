@@ -22,6 +22,7 @@ from ssl_mae_plugin.evaluation.protocols import EvalData, Evaluator, prepare_dat
 from ssl_mae_plugin.pretrain import (
     build_method,
     check_checkpoint,
+    check_loggers,
     checkpoint_path,
     load_pretrained,
     pretrain,
@@ -75,6 +76,7 @@ def check_plan(recipe: Recipe, do_pretrain: bool = True) -> EvalData:
             with other settings than the recipe's, or (``do_pretrain=False``) a method
             that is not pretrained yet.
     """
+    check_loggers(recipe.trainer)
     data = prepare_data(recipe)
     for seeded in map(recipe.with_seed, recipe.all_seeds):
         for index in range(len(recipe.methods)):
@@ -169,6 +171,7 @@ def evaluate_rows(
         results = evaluator.evaluate(module, recipe.method_dir(index), identity)
         pretrained = summarize(recipe, index).as_dict()
         row = make_row(entry.label, entry.name, entry, module.backbone, pretrained, results)
+        row["sweep_point"] = entry.sweep_point and entry.sweep_point.model_dump(mode="json")
         rows.append(row)
         for stem, grid in module.report_images(images, data.normalization).items():
             name = f"{stem}.png" if f"{stem}.png" not in figures.values() else f"{stem}_{index}.png"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,10 +21,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from torch.utils.data import Dataset
 
 from ssl_mae_plugin.data import Normalization
+from ssl_mae_plugin.extras import require
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.pretrain.augment import DeviceCropFlip
 from ssl_mae_plugin.pretrain.callbacks import (
@@ -202,6 +210,48 @@ def check_accelerator(trainer: TrainerConfig) -> None:
         )
 
 
+# Logger name -> (module that must be importable, pip extra of this project).
+LOGGER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+}
+
+
+def check_loggers(trainer: TrainerConfig) -> None:
+    """Fail before any work if a logger's package is missing.
+
+    Raises:
+        MissingExtraError: Naming the logger and the pip extra that installs it.
+    """
+    for name in trainer.loggers:
+        if name in LOGGER_PACKAGES:
+            require(*LOGGER_PACKAGES[name], what=f"trainer.logger={name}")
+
+
+def build_loggers(recipe: Recipe, index: int) -> list[Logger]:
+    """The recipe's Lightning loggers for method ``index`` (run name: its label and seed)."""
+    method_dir = recipe.method_dir(index)
+    run = f"{recipe.methods[index].label}-seed{recipe.seed}"
+    loggers: list[Logger] = []
+    for name in recipe.trainer.loggers:
+        if name == "csv":
+            loggers.append(CSVLogger(method_dir, name="logs"))
+        elif name == "tensorboard":
+            loggers.append(TensorBoardLogger(method_dir, name="tensorboard"))
+        elif name == "wandb":
+            loggers.append(WandbLogger(project=recipe.name, name=run, save_dir=str(method_dir)))
+        else:
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if uri is None:  # a file store in the run folder: no server, no database needed
+                uri = (method_dir / "mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow >= 3.5
+            loggers.append(
+                MLFlowLogger(experiment_name=recipe.name, run_name=run, tracking_uri=uri)
+            )
+    return loggers
+
+
 def build_trainer(
     recipe: Recipe, index: int, steps_per_epoch: int, run_info: dict[str, Any]
 ) -> pl.Trainer:
@@ -238,7 +288,7 @@ def build_trainer(
         num_nodes=config.num_nodes,
         precision=config.precision,
         strategy=config.strategy,
-        logger=CSVLogger(method_dir, name="logs"),
+        logger=build_loggers(recipe, index),
         callbacks=callbacks,
         enable_progress_bar=config.show_progress,
         enable_model_summary=False,

@@ -43,6 +43,7 @@ def compose_report(
         },
         "protocols": protocols(recipe),
         "seeds": recipe.all_seeds,
+        "sweep": recipe.sweep,
         "rows": rows,
         "paired": paired,
         "skipped_images": skipped,

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from ssl_mae_plugin.data import IMAGENET_NORM
 from ssl_mae_plugin.mae import MAE
 from ssl_mae_plugin.mae.visualize import ImageGrid, reconstruction_grid
-from ssl_mae_plugin.report.rows import PARTS, accuracy
+from ssl_mae_plugin.report.rows import PARTS, accuracy, sweep_groups
 from ssl_mae_plugin.storage import atomic_path
 
 PART_NAMES = {"knn": "k-NN", "linear": "linear probe", "finetune": "fine-tune"}
@@ -88,13 +88,75 @@ def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def _top1_with_error(row: dict[str, Any], part: str) -> tuple[float, list[float]]:
+    """Top-1 in percent and its ``[below, above]`` interval extent (zeros without one)."""
+    value = 100 * (accuracy(row, part) or 0.0)
+    interval = ((row.get(part) or {}).get("ci95") or {}).get("top1")
+    return value, [value - 100 * interval[0], 100 * interval[1] - value] if interval else [0, 0]
+
+
+def plot_sweep(points: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Each accuracy against the first swept key, a line per value of the second key.
+
+    Args:
+        points: The rows of one swept entry (each with ``sweep_point``).
+        rows: All rows of the report (for the points' untrained control).
+        path: Where to write the PNG.
+    """
+    parts = [p for p in PARTS if any(accuracy(row, p) is not None for row in points)]
+    if not parts:
+        return None
+    keys = list(points[0]["sweep_point"]["values"])
+    x_key, series_key = keys[0], keys[1] if len(keys) > 1 else None
+    xs = [row["sweep_point"]["values"][x_key] for row in points]
+    numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+    ticks = sorted(set(xs)) if numeric else list(dict.fromkeys(map(str, xs)))
+    places = xs if numeric else [ticks.index(str(x)) for x in xs]
+    positions = {row["label"]: place for row, place in zip(points, places, strict=True)}
+    controls = {row["control"] for row in points}
+    control = next((r for r in rows if r["label"] in controls), None)
+    figure = Figure(figsize=(4.2 * len(parts) + 0.6, 3.8))
+    for axes, part in zip(figure.subplots(1, len(parts), squeeze=False)[0], parts, strict=True):
+        series = dict.fromkeys(row["sweep_point"]["values"].get(series_key) for row in points)
+        for value in series:
+            members = [
+                row
+                for row in points
+                if row["sweep_point"]["values"].get(series_key) == value and row.get(part)
+            ]
+            measured = [_top1_with_error(row, part) for row in members]
+            axes.errorbar(
+                [positions[row["label"]] for row in members],
+                [top1 for top1, _ in measured],
+                yerr=[[e[0] for _, e in measured], [e[1] for _, e in measured]],
+                marker="o",
+                capsize=3,
+                label=f"{series_key}={value}" if series_key else "pretrained",
+            )
+        if len(controls) == 1 and control and accuracy(control, part) is not None:
+            axes.axhline(100 * accuracy(control, part), linestyle="--", color="grey",
+                         label="untrained control")  # fmt: skip
+        axes.set_xticks(ticks if numeric else range(len(ticks)), [str(t) for t in ticks])
+        axes.set_xlabel(x_key)
+        axes.set_ylabel("top-1 accuracy (%)")
+        axes.set_title(PART_NAMES[part])
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    of = points[0]["sweep_point"]["of"]
+    figure.suptitle(f"{of}: validation top-1 against {x_key}, 95 % intervals", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def summary_figures(rows: list[dict[str, Any]], folder: Path) -> dict[str, str]:
-    """Draw the loss curves and accuracy bars of a report's rows; ``{title: file name}``."""
+    """Draw loss curves, accuracy bars and each sweep's curves; ``{title: file name}``."""
     curves = {row["label"]: row["pretrain"]["losses"] for row in rows if row["pretrain"]}
     drawn = {
         "pretraining loss": plot_loss_curves(curves, folder / "loss_curves.png"),
         "accuracy": plot_accuracy_bars(rows, folder / "accuracy.png"),
     }
+    for of, points in sweep_groups(rows).items():
+        drawn[f"sweep ({of})"] = plot_sweep(points, rows, folder / f"sweep_{of}.png")
     return {title: path.name for title, path in drawn.items() if path is not None}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ssl_mae_plugin.report.machine import describe_machine
-from ssl_mae_plugin.report.rows import PARTS, accuracy
+from ssl_mae_plugin.report.rows import PARTS, accuracy, sweep_groups
 from ssl_mae_plugin.storage import write_text_atomic
 
 PART_TITLES = {"knn": "k-NN", "linear": "linear", "finetune": "fine-tune"}
@@ -110,6 +110,25 @@ def seeds_table(rows: list[dict[str, Any]]) -> str:
     return _table([(row, part) for row in rows for part in PARTS if row.get(part)], SEED_COLUMNS)
 
 
+def sweep_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per swept entry, a table of its points (values, accuracies, loss)."""
+    lines: list[str] = []
+    for of, points in sweep_groups(rows).items():
+        columns: dict[str, Callable[[Any], str]] = {
+            key: partial(_point_value, key=key) for key in points[0]["sweep_point"]["values"]
+        }
+        for part in PARTS:
+            if any(row.get(part) for row in points):
+                columns[f"{PART_TITLES[part]} top1 (95 % CI)"] = partial(_part_cell, part=part)
+        columns["final loss"] = lambda row: _number(row["pretrain"]["final_loss"], 4)
+        lines += [f"### {of}", "", _table(points, columns), ""]
+    return lines
+
+
+def _point_value(row: dict[str, Any], key: str) -> str:
+    return str(row["sweep_point"]["values"][key])
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """``report.md``: the comparison table, notes, figures, recipe and machine."""
     dataset = report["dataset"]
@@ -139,6 +158,10 @@ def markdown_report(report: dict[str, Any]) -> str:
         difference_table(report["paired"]),
         "",
     ]
+    if report.get("sweep"):
+        swept = ", ".join(f"`{key}` over {values}" for key, values in report["sweep"].items())
+        parts += ["## Sweep", "", f"Swept: {swept}; each point is a row above.", ""]
+        parts += sweep_tables(report["rows"])
     if len(report["seeds"]) > 1:
         parts += ["## Per seed", "", seeds_table(report["rows"]), ""]
     parts += ["## Pretraining", "", pretraining_table(report["rows"]), ""]

@@ -64,3 +64,12 @@ def accuracy(row: dict[str, Any], part: str, key: str = "top1") -> float | None:
     """``row[part][key]``, or ``None`` when the part was not run."""
     result = row.get(part)
     return None if not result else result.get(key)
+
+
+def sweep_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The trained rows of each swept recipe entry (by its label), in recipe order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("sweep_point"):
+            groups.setdefault(row["sweep_point"]["of"], []).append(row)
+    return groups

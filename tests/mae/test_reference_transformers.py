@@ -4,42 +4,10 @@ import pytest
 import torch
 
 from ssl_mae_plugin import MAE
+from ssl_mae_plugin.export import to_transformers
 from tests.mae.conftest import TINY_CONFIG
 
 transformers = pytest.importorskip("transformers")
-
-
-def to_transformers(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename facebookresearch/mae keys to ViTMAEForPreTraining's, splitting qkv by rows."""
-    out = {}
-    for key, value in official.items():
-        if key.startswith(("blocks.", "decoder_blocks.")):
-            prefix, index, rest = key.split(".", 2)
-            layer = (
-                f"vit.layers.{index}" if prefix == "blocks" else f"decoder.decoder_layers.{index}"
-            )
-            if rest.startswith("attn.qkv."):
-                suffix = rest.removeprefix("attn.qkv.")
-                for name, part in zip("qkv", value.chunk(3, dim=0), strict=True):
-                    out[f"{layer}.attention.{name}_proj.{suffix}"] = part
-                continue
-            rest = (
-                rest.replace("attn.proj", "attention.o_proj")
-                .replace("norm1", "layernorm_before")
-                .replace("norm2", "layernorm_after")
-            )
-            out[f"{layer}.{rest}"] = value
-            continue
-        renames = {
-            "cls_token": "vit.embeddings.cls_token",
-            "pos_embed": "vit.embeddings.position_embeddings",
-            "patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
-            "patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias",
-            "norm.weight": "vit.layernorm.weight",
-            "norm.bias": "vit.layernorm.bias",
-        }
-        out[renames.get(key, f"decoder.{key}")] = value
-    return out
 
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
