@@ -97,7 +97,10 @@ class PretrainConfig(Section):
     """``pretrain:`` the shared budget; each method's own keys override the shared ones."""
 
     epochs: Positive = 100
-    batch_size: Positive = 256  # global batch; lr = blr * batch_size / 256
+    batch_size: Positive = 256  # global batch of one forward/backward pass
+    # Gradients of this many batches are summed before each optimizer step (the official
+    # code's accum_iter): the learning rate and the schedule follow the effective batch.
+    accumulate_grad_batches: Positive = 1
     checkpoint_every_n_steps: Positive | None = None  # besides the end of every epoch
     # A checkpoint trained with other settings than the recipe's stops the run (exit 2);
     # true moves such a method's folder aside (<label>.stale-<time>) and trains it anew.
@@ -108,6 +111,11 @@ class PretrainConfig(Section):
     warmup_epochs: float | None = None
     min_lr: float | None = None
     online_probe: bool | None = None
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step: ``batch_size * accumulate_grad_batches``."""
+        return self.batch_size * self.accumulate_grad_batches
 
     SHARED: ClassVar[tuple[str, ...]] = (
         "blr",
@@ -256,7 +264,7 @@ class EvalConfig(Section):
 INJECTED_KEYS = {
     "image_size": "data.image_size",
     "num_classes": "the dataset",
-    "batch_size": "pretrain.batch_size",
+    "batch_size": "pretrain.batch_size x pretrain.accumulate_grad_batches",
     "seed": "seed",
 }
 

@@ -123,7 +123,8 @@ class SSLMethod(pl.LightningModule, ABC):
         depth: ViT blocks; the named size's when ``None``.
         num_heads: ViT heads; the named size's when ``None``.
         num_classes: Classes of the dataset (for the online probe).
-        batch_size: Global batch size (all devices); scales the learning rate.
+        batch_size: Images per optimizer step (all devices, times gradient accumulation);
+            scales the learning rate.
         blr: Base learning rate; the method's default when ``None``.
         weight_decay: Weight decay; the method's default when ``None``.
         warmup_epochs: Warmup epochs (fractional allowed); a fraction of the run, the
@@ -143,6 +144,11 @@ class SSLMethod(pl.LightningModule, ABC):
     # Crop-scale range when the views are RandomResizedCrop + flip alone, which
     # ``data.in_memory`` can make on the device (``None``: not supported).
     device_crop_scale: ClassVar[tuple[float, float] | None] = None
+    # Whether summing the gradients of k batches equals one step on their union: true for a
+    # per-sample loss without batch statistics (MAE), false where the loss compares samples
+    # within the batch (contrastive negatives) or uses a batch's statistics (batch norm,
+    # DINO's centre).
+    exact_accumulation: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class MAEMethod(SSLMethod):
     name: ClassVar[str] = "mae"
     device_crop_scale: ClassVar[tuple[float, float] | None] = (0.2, 1.0)
     feature_options: ClassVar[tuple[str, ...]] = ("pool",)
+    exact_accumulation: ClassVar[bool] = True  # per-sample loss, layer norm only
     recipes: ClassVar[Mapping[Family, TrainingRecipe]] = {
         "vit": TrainingRecipe(
             source="MAE paper, App. A.1",

@@ -137,11 +137,16 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        """Save and stop if any rank was signalled.
+        """Save and stop if any rank was signalled, after an optimizer step only.
 
-        Ranks agree by a collective, which waits for the device: with several processes it
-        runs at the logging interval only, so a stop takes effect within that many steps.
+        Gradients summed over accumulated batches are not in a checkpoint, so a stop waits
+        for the step that uses them. Ranks agree by a collective, which waits for the
+        device: with several processes it runs at the logging interval only, so a stop
+        takes effect within that many steps.
         """
+        done = getattr(pl_module, "_batches_done", 0)
+        if done % trainer.accumulate_grad_batches and done < trainer.num_training_batches:
+            return
         if trainer.world_size > 1 and trainer.global_step % trainer.log_every_n_steps:
             return
         stop = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
@@ -149,7 +154,7 @@ class GracefulInterrupt(Callback):
             return
         trainer.save_checkpoint(self.checkpoint)
         self._restore()
-        epoch, done = pl_module.current_epoch, getattr(pl_module, "_batches_done", 0)
+        epoch = pl_module.current_epoch
         message = (
             f"ssl-mae: interrupted ({self.requested or 'signal on another rank'}) at epoch "
             f"{epoch}, batch {done}: saved {self.checkpoint}; run the same command to resume"

@@ -98,6 +98,8 @@ def training_settings(recipe: Recipe, index: int) -> dict[str, Any]:
             "in_memory": data.in_memory,
         },
     }
+    if recipe.pretrain.accumulate_grad_batches > 1:  # absent means 1: older checkpoints match
+        settings["accumulate_grad_batches"] = recipe.pretrain.accumulate_grad_batches
     return json.loads(json.dumps(settings))
 
 
@@ -165,7 +167,7 @@ def build_method(recipe: Recipe, index: int, num_classes: int) -> SSLMethod:
         **entry.options(),
         image_size=recipe.data.image_size,
         num_classes=num_classes,
-        batch_size=recipe.pretrain.batch_size,
+        batch_size=recipe.pretrain.effective_batch_size,
         seed=recipe.seed,
     )
 
@@ -293,11 +295,47 @@ def build_trainer(
         enable_progress_bar=config.show_progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(config.log_every_n_steps, steps_per_epoch)),
+        accumulate_grad_batches=recipe.pretrain.accumulate_grad_batches,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=method_dir,
     )
+
+
+def warn_about_accumulation(recipe: Recipe, index: int, module: SSLMethod, num_images: int) -> None:
+    """Warn where gradient accumulation is not one step on the effective batch.
+
+    It is for MAE (per-sample loss, no batch statistics). For methods that compare the
+    samples of a batch or use its statistics, k accumulated batches of b are a different
+    method than one batch of k x b (fewer negatives, statistics over b). And where an epoch's
+    batches are not a multiple of k, its last optimizer step sums fewer of them.
+    """
+    accumulate = recipe.pretrain.accumulate_grad_batches
+    if accumulate == 1:
+        return
+    label = recipe.methods[index].label
+    if not module.exact_accumulation:
+        logger.warning(
+            "%s: %s's loss or batch statistics see each batch of %d alone; accumulating %d of "
+            "them is not the same as a batch of %d (the learning rate follows %d)",
+            label,
+            module.name,
+            recipe.pretrain.batch_size,
+            accumulate,
+            recipe.pretrain.effective_batch_size,
+            recipe.pretrain.effective_batch_size,
+        )
+    batches = num_images // recipe.pretrain.batch_size
+    if batches % accumulate:
+        logger.warning(
+            "%s: %d batches an epoch are not a multiple of accumulate_grad_batches=%d; each "
+            "epoch's last optimizer step sums %d of them",
+            label,
+            batches,
+            accumulate,
+            batches % accumulate,
+        )
 
 
 def pretrain(
@@ -321,6 +359,7 @@ def pretrain(
         return summarize(recipe, index)
 
     module = build_method(recipe, index, num_classes=len(dataset.classes))
+    warn_about_accumulation(recipe, index, module, len(dataset))
     normalization = Normalization(tuple(recipe.data.mean), tuple(recipe.data.std))
     device_transform = None
     if recipe.data.in_memory:

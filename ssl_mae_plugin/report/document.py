@@ -54,13 +54,23 @@ def compose_report(
 
 
 def protocols(recipe: Recipe) -> dict[str, str]:
-    """How k-NN and the linear probe were run, in words for the report."""
-    knn, linear = recipe.eval.knn, recipe.eval.linear
+    """How the rows were pretrained and how k-NN and the linear probe ran, in words."""
+    knn, linear, budget = recipe.eval.knn, recipe.eval.linear, recipe.pretrain
     knn_text = "off" if knn is None else f"k={knn.k}, T={knn.temperature}, cosine similarity"
+    pretrain_text = f"{budget.epochs} epochs, batch {budget.batch_size}"
+    if budget.accumulate_grad_batches > 1:
+        pretrain_text += (
+            f" x {budget.accumulate_grad_batches} accumulated: "
+            f"{budget.effective_batch_size} images per optimizer step"
+        )
     if linear is None:
-        return {"knn": knn_text, "linear": "off"}
+        return {"pretrain": pretrain_text, "knn": knn_text, "linear": "off"}
     how = {
         "cached": "cached frozen features, SGD",
         "augmented": "the paper's protocol: RandomResizedCrop + flip, LARS",
     }[linear.mode]
-    return {"knn": knn_text, "linear": f"{how}, {linear.epochs} epochs, BatchNorm + Linear head"}
+    return {
+        "pretrain": pretrain_text,
+        "knn": knn_text,
+        "linear": f"{how}, {linear.epochs} epochs, BatchNorm + Linear head",
+    }

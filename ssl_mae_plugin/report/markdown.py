@@ -142,7 +142,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "Accuracies in percent on the validation split. Each trained row names its control: "
         "the same method built with the same seed and not trained (`random_init`), evaluated "
-        "the same way; `pixels` classifies the normalised, flattened image. k-NN: "
+        "the same way; `pixels` classifies the normalised, flattened image. Pretraining: "
+        f"{report['protocols']['pretrain']}. k-NN: "
         f"{report['protocols']['knn']}; linear: {report['protocols']['linear']}. "
         f"Seeds: {', '.join(map(str, report['seeds']))}. 95 % intervals: "
         f"{_interval_kind(report['rows'])}.",
