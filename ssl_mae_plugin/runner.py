@@ -30,6 +30,7 @@ from ssl_mae_plugin.pretrain import (
     summarize,
 )
 from ssl_mae_plugin.pretrain.checkpoints import data_position
+from ssl_mae_plugin.pretrain.cluster import check_launch, launch_rank
 from ssl_mae_plugin.recipes import Recipe, RecipeError
 from ssl_mae_plugin.report import (
     combine_seeds,
@@ -77,6 +78,7 @@ def check_plan(recipe: Recipe, do_pretrain: bool = True) -> EvalData:
             that is not pretrained yet.
     """
     check_loggers(recipe.trainer)
+    check_launch(recipe.trainer)
     data = prepare_data(recipe)
     for seeded in map(recipe.with_seed, recipe.all_seeds):
         for index in range(len(recipe.methods)):
@@ -88,6 +90,7 @@ def check_plan(recipe: Recipe, do_pretrain: bool = True) -> EvalData:
 
 def pretrain_all(recipe: Recipe, data: EvalData, log: Callable[[str], None] = print) -> None:
     """Pretrain (or resume, or skip when finished) every method of the recipe, every seed."""
+    rank_zero_only.rank = launch_rank(recipe.trainer)  # before Lightning knows it
     seeds = recipe.all_seeds
     for seeded in map(recipe.with_seed, seeds):
         for index, entry in enumerate(seeded.methods):

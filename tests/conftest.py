@@ -98,9 +98,11 @@ def pretrain_method(recipe: Recipe | dict[str, Any], index: int = 0) -> Pretrain
     return pretrain(recipe, index, prepare_data(recipe).train)
 
 
-def run_cli(*args: str, wait: bool = True, timeout: float = 600) -> subprocess.Popen:
-    """``python -m ssl_mae_plugin.cli ARGS`` in a subprocess, output captured (merged)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(
+    *args: str, wait: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``python -m ssl_mae_plugin.cli ARGS`` in a subprocess (more variables: ``env``)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "ssl_mae_plugin.cli", *args],
         env=env,
