@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -79,6 +79,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+Decoded = TypeVar("Decoded")
+
+
+def _decode_rgb(image: Image.Image) -> Image.Image:
+    image.load()
+    return to_rgb(image)
+
+
 class ImageFolderDataset(Dataset):
     """``<root>/<class>/<image>`` files read as RGB, with a policy for unreadable files.
 
@@ -124,12 +132,19 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.read(index, _decode_rgb)
+
+    def read(self, index: int, decode: Callable[[Image.Image], Decoded]) -> tuple[Decoded, int]:
+        """``(decode(opened file), label)`` of sample ``index``, under the bad-image policy.
+
+        ``decode`` gets the file opened and not yet decoded (PIL is lazy), so it may pick
+        how to decode it (e.g. a reduced JPEG size); ``__getitem__`` decodes it fully.
+        """
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             try:
                 with Image.open(path) as image:
-                    image.load()
-                    return to_rgb(image), label
+                    return decode(image), label
             except (OSError, SyntaxError, ValueError) as error:
                 if self.on_bad_image == "error":
                     raise RuntimeError(f"unreadable image {path}: {error}") from error

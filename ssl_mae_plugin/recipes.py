@@ -77,11 +77,20 @@ class DataConfig(Section):
     max_train_images: Positive | None = None  # a fixed, class-balanced subset (quick runs)
     max_val_images: Positive | None = None
     in_memory: bool = False  # decode the training images once, crop + flip on the device
+    # reduced: draw MAE's crop box first, then decode the JPEG at 1/2, 1/4 or 1/8 of its
+    # size where the box keeps the output size (imagefolder; see pretrain/decoding.py)
+    decode: Literal["full", "reduced"] = "full"
 
     @model_validator(mode="after")
     def _resolve(self) -> DataConfig:
         if self.dataset != "mnist5k" and self.root is None:
             raise PydanticCustomError("recipe", f"root is required for dataset {self.dataset!r}")
+        if self.decode == "reduced" and (self.dataset != "imagefolder" or self.in_memory):
+            raise PydanticCustomError(
+                "recipe",
+                "decode 'reduced' reads image files: it needs dataset 'imagefolder' and "
+                "in_memory false",
+            )
         if self.val_split is None:
             root = Path(self.root or ".").expanduser()
             test_only = (root / "test").is_dir() and not (root / "val").is_dir()

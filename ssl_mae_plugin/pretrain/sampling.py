@@ -134,13 +134,13 @@ class SeededViews(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[list[torch.Tensor], int, int]:
         index, epoch = key
         seed = sample_seed(self.seed, epoch, index)
-        image, label = self.dataset[index]
         in_main_process = get_worker_info() is None  # a worker's RNGs are its own
         if in_main_process:
             saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
         torch.default_generator.manual_seed(seed)  # torchvision draws from it
         random.seed(seed)
         np.random.seed(seed % (1 << 32))  # lightly's blur and solarization draw from it
+        image, label = self.dataset[index]  # seeded too: it may crop (reduced decoding)
         views = self.transform(image)
         if in_main_process:
             torch.set_rng_state(saved[0])

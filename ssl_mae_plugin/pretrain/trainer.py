@@ -48,6 +48,7 @@ from ssl_mae_plugin.pretrain.checkpoints import (
     read_checkpoint,
 )
 from ssl_mae_plugin.pretrain.datamodule import PretrainData
+from ssl_mae_plugin.pretrain.decoding import ReducedDecodeCrops, flip_and_normalize
 from ssl_mae_plugin.recipes import Recipe, RecipeError, TrainerConfig
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def training_settings(recipe: Recipe, index: int) -> dict[str, Any]:
             "in_memory": data.in_memory,
         },
     }
+    if data.decode != "full":  # absent means full: older checkpoints match
+        settings["data"]["decode"] = data.decode
     if recipe.pretrain.accumulate_grad_batches > 1:  # absent means 1: older checkpoints match
         settings["accumulate_grad_batches"] = recipe.pretrain.accumulate_grad_batches
     return json.loads(json.dumps(settings))
@@ -366,9 +369,21 @@ def pretrain(
         device_transform = DeviceCropFlip(
             recipe.data.image_size, normalization, module.device_crop_scale
         )
+    views = module.default_transform(normalization)
+    if recipe.data.decode == "reduced":
+        if module.device_crop_scale is None:
+            logger.info(
+                "%s: its views are more than a crop and a flip; decoding fully", module.name
+            )
+        else:
+            size, scale = recipe.data.image_size, module.device_crop_scale
+            dataset, views = (
+                ReducedDecodeCrops(dataset, size, scale),
+                flip_and_normalize(normalization),
+            )
     data = PretrainData(
         dataset,
-        module.default_transform(normalization),
+        views,
         batch_size=recipe.pretrain.batch_size,
         seed=recipe.seed,
         num_workers=recipe.data.num_workers,
