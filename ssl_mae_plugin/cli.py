@@ -48,7 +48,7 @@ def _first_doc_line(obj: object) -> str:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     """Print each registered method, its one-line description and its recipe per family."""
-    from ssl_mae_plugin.methods.base import FAMILY_NAMES
+    from ssl_mae_plugin.methods.training_recipe import FAMILY_NAMES
 
     for name in list_methods():
         method = get_method(name)

@@ -1,6 +1,6 @@
 """SSL methods as LightningModules, registered by name."""
 
-from ssl_mae_plugin.methods.base import SSLMethod, TrainingRecipe, family_of
+from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.methods.registry import (
     ENTRY_POINT_GROUP,
     UnknownMethodError,
@@ -8,6 +8,7 @@ from ssl_mae_plugin.methods.registry import (
     list_methods,
     register_method,
 )
+from ssl_mae_plugin.methods.training_recipe import TrainingRecipe, family_of
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -56,8 +56,8 @@ from torch import Tensor, nn
 
 from ssl_mae_plugin.backbones import CIFAR_STEM_MAX_SIZE, build_backbone, is_convnet, is_vit
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import Family, TrainingRecipe
 from ssl_mae_plugin.methods.teacher import TeacherStudentMethod
+from ssl_mae_plugin.methods.training_recipe import Family, TrainingRecipe
 
 
 def scaled_local_crop_size(image_size: int, patch_size: int | None = None) -> int:

@@ -15,7 +15,8 @@ from torch import Tensor
 from ssl_mae_plugin.data import Normalization
 from ssl_mae_plugin.mae import MAE, MAE_FACTORIES, noise_from_seeds, num_kept
 from ssl_mae_plugin.mae.visualize import ImageGrid, reconstruction_grid
-from ssl_mae_plugin.methods.base import Family, SSLMethod, TrainingRecipe
+from ssl_mae_plugin.methods.base import SSLMethod
+from ssl_mae_plugin.methods.training_recipe import Family, TrainingRecipe
 
 Pool = Literal["cls", "mean"]
 

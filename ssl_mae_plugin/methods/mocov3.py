@@ -46,9 +46,9 @@ from torch import Tensor
 
 from ssl_mae_plugin.backbones import is_convnet, is_vit
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import Family, TrainingRecipe
 from ssl_mae_plugin.methods.byol import byol_transform
 from ssl_mae_plugin.methods.teacher import TeacherStudentMethod
+from ssl_mae_plugin.methods.training_recipe import Family, TrainingRecipe
 
 
 def contrastive_loss(query: Tensor, key: Tensor, temperature: float) -> Tensor:

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from ssl_mae_plugin.backbones import CIFAR_STEM_MAX_SIZE
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE, Family, SSLMethod, TrainingRecipe
+from ssl_mae_plugin.methods.base import SSLMethod
+from ssl_mae_plugin.methods.training_recipe import SWEPT_VIT_RECIPE, Family, TrainingRecipe
 
 
 class SimCLR(SSLMethod):

@@ -6,15 +6,18 @@
 - :mod:`.augment`: MAE's crop + flip on the training device for data kept in memory.
 - :mod:`.callbacks`: per-epoch metrics, run info, graceful interrupts.
 - :mod:`.checkpoints`: where checkpoints live and how they load.
+- :mod:`.decoding`: reduced-size JPEG decoding of MAE's crops.
+- :mod:`.cluster`: GPUs and launchers (SLURM, torchrun) checked against the recipe.
+- :mod:`.loggers`: the recipe's experiment loggers.
 """
 
 from ssl_mae_plugin.pretrain.checkpoints import checkpoint_path, load_mae, load_pretrained
+from ssl_mae_plugin.pretrain.cluster import check_accelerator
+from ssl_mae_plugin.pretrain.loggers import check_loggers
 from ssl_mae_plugin.pretrain.trainer import (
     PretrainResult,
     build_method,
-    check_accelerator,
     check_checkpoint,
-    check_loggers,
     pretrain,
     set_aside,
     summarize,

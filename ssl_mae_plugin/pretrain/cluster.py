@@ -1,4 +1,6 @@
-"""How this process was launched: SLURM, torchrun, Lightning's own variables, or alone.
+"""Where this process runs: the GPUs it may use and the launcher that started it.
+
+Launchers: SLURM, torchrun, Lightning's own variables, or none (alone).
 
 Lightning detects the cluster when its Trainer starts; these helpers read the same
 variables earlier, so that a recipe whose ``trainer.devices x trainer.num_nodes`` does not
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from ssl_mae_plugin.recipes import RecipeError, TrainerConfig
@@ -56,4 +59,24 @@ def check_launch(trainer: TrainerConfig) -> None:
             f"trainer.devices={trainer.devices} x trainer.num_nodes={trainer.num_nodes} = "
             f"{wanted} processes, but the launcher started {processes} ({variable}); set "
             "them to the devices per node and the nodes of the job"
+        )
+
+
+def check_accelerator(trainer: TrainerConfig) -> None:
+    """Fail before any work if ``trainer`` asks for GPUs this machine does not have.
+
+    Raises:
+        RecipeError: Naming ``trainer.accelerator`` or ``trainer.devices``.
+    """
+    if trainer.accelerator not in ("gpu", "cuda"):
+        return
+    available = torch.cuda.device_count()
+    if available == 0:
+        raise RecipeError(
+            f"trainer.accelerator is {trainer.accelerator!r} but no CUDA GPU is visible; "
+            "use trainer.accelerator=cpu (or auto)"
+        )
+    if isinstance(trainer.devices, int) and trainer.devices > available:
+        raise RecipeError(
+            f"trainer.devices={trainer.devices} but this machine has {available} CUDA GPU(s)"
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,17 +20,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import (
-    CSVLogger,
-    Logger,
-    MLFlowLogger,
-    TensorBoardLogger,
-    WandbLogger,
-)
 from torch.utils.data import Dataset
 
 from ssl_mae_plugin.data import Normalization
-from ssl_mae_plugin.extras import require
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.pretrain.augment import DeviceCropFlip
 from ssl_mae_plugin.pretrain.callbacks import (
@@ -49,7 +40,8 @@ from ssl_mae_plugin.pretrain.checkpoints import (
 )
 from ssl_mae_plugin.pretrain.datamodule import PretrainData
 from ssl_mae_plugin.pretrain.decoding import ReducedDecodeCrops, flip_and_normalize
-from ssl_mae_plugin.recipes import Recipe, RecipeError, TrainerConfig
+from ssl_mae_plugin.pretrain.loggers import build_loggers
+from ssl_mae_plugin.recipes import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -193,68 +185,6 @@ def summarize(recipe: Recipe, index: int) -> PretrainResult:
         memory_kind=rows[-1].get("memory_kind", "") if rows else "",
         losses=losses,
     )
-
-
-def check_accelerator(trainer: TrainerConfig) -> None:
-    """Fail before any work if ``trainer`` asks for GPUs this machine does not have.
-
-    Raises:
-        RecipeError: Naming ``trainer.accelerator`` or ``trainer.devices``.
-    """
-    if trainer.accelerator not in ("gpu", "cuda"):
-        return
-    available = torch.cuda.device_count()
-    if available == 0:
-        raise RecipeError(
-            f"trainer.accelerator is {trainer.accelerator!r} but no CUDA GPU is visible; "
-            "use trainer.accelerator=cpu (or auto)"
-        )
-    if isinstance(trainer.devices, int) and trainer.devices > available:
-        raise RecipeError(
-            f"trainer.devices={trainer.devices} but this machine has {available} CUDA GPU(s)"
-        )
-
-
-# Logger name -> (module that must be importable, pip extra of this project).
-LOGGER_PACKAGES = {
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "wandb"),
-    "mlflow": ("mlflow", "mlflow"),
-}
-
-
-def check_loggers(trainer: TrainerConfig) -> None:
-    """Fail before any work if a logger's package is missing.
-
-    Raises:
-        MissingExtraError: Naming the logger and the pip extra that installs it.
-    """
-    for name in trainer.loggers:
-        if name in LOGGER_PACKAGES:
-            require(*LOGGER_PACKAGES[name], what=f"trainer.logger={name}")
-
-
-def build_loggers(recipe: Recipe, index: int) -> list[Logger]:
-    """The recipe's Lightning loggers for method ``index`` (run name: its label and seed)."""
-    method_dir = recipe.method_dir(index)
-    run = f"{recipe.methods[index].label}-seed{recipe.seed}"
-    loggers: list[Logger] = []
-    for name in recipe.trainer.loggers:
-        if name == "csv":
-            loggers.append(CSVLogger(method_dir, name="logs"))
-        elif name == "tensorboard":
-            loggers.append(TensorBoardLogger(method_dir, name="tensorboard"))
-        elif name == "wandb":
-            loggers.append(WandbLogger(project=recipe.name, name=run, save_dir=str(method_dir)))
-        else:
-            uri = os.environ.get("MLFLOW_TRACKING_URI")
-            if uri is None:  # a file store in the run folder: no server, no database needed
-                uri = (method_dir / "mlruns").resolve().as_uri()
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow >= 3.5
-            loggers.append(
-                MLFlowLogger(experiment_name=recipe.name, run_name=run, tracking_uri=uri)
-            )
-    return loggers
 
 
 def build_trainer(

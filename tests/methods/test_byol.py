@@ -1,7 +1,7 @@
 import pytest
 
-from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE
 from ssl_mae_plugin.methods.byol import BYOL
+from ssl_mae_plugin.methods.training_recipe import SWEPT_VIT_RECIPE
 from tests.methods.conftest import (
     BACKBONES,
     RESNET18,

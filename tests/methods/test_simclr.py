@@ -1,7 +1,7 @@
 import pytest
 
-from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE
 from ssl_mae_plugin.methods.simclr import SimCLR
+from ssl_mae_plugin.methods.training_recipe import SWEPT_VIT_RECIPE
 from ssl_mae_plugin.pretrain.callbacks import read_metrics
 from tests.methods.conftest import BACKBONES, RESNET18, TINY_VIT, check_ssl_step, make_views
 

@@ -1,6 +1,6 @@
 import pytest
 
-from ssl_mae_plugin.methods.base import SWEPT_VIT_RECIPE
+from ssl_mae_plugin.methods.training_recipe import SWEPT_VIT_RECIPE
 from ssl_mae_plugin.methods.vicreg import VICReg
 from tests.methods.conftest import BACKBONES, NORMALIZATION, RESNET18, TINY_VIT, check_ssl_step
 
