@@ -219,7 +219,10 @@ def _control(
     }
     key = digest(identity)[:16]
     if key not in controls:
-        label = f"{entry.label} (untrained)"
+        # a sweep's points share the control of the entry they came from, named after it
+        label = f"{entry.sweep_point.of if entry.sweep_point else entry.label} (untrained)"
+        if any(row["label"] == label for row in controls.values()):
+            label = f"{entry.label} (untrained)"  # the points' untrained models differ
         log(f"evaluating {label}")
         folder = recipe.run_dir / "controls" / f"{key}-seed-{recipe.seed}"
         results = evaluator.evaluate(untrained, folder, identity)

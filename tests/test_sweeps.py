@@ -118,9 +118,9 @@ def test_a_sweep_run_reports_each_point_a_shared_control_and_a_figure(sweep_run)
     _, recipe, report = sweep_run
     labels = [(row["label"], row["control"]) for row in report["rows"]]
     assert labels == [
-        ("mae-mask_ratio=0.5", "mae-mask_ratio=0.5 (untrained)"),
-        ("mae-mask_ratio=0.75", "mae-mask_ratio=0.5 (untrained)"),
-        ("mae-mask_ratio=0.5 (untrained)", None),
+        ("mae-mask_ratio=0.5", "mae (untrained)"),
+        ("mae-mask_ratio=0.75", "mae (untrained)"),
+        ("mae (untrained)", None),
     ]  # the mask ratio changes no untrained weight: one control serves both points
     assert report["rows"][1]["sweep_point"] == {"of": "mae", "values": {"mask_ratio": 0.75}}
     assert report["sweep"] == {"methods.0.mask_ratio": [0.5, 0.75]}
