@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,13 @@ def run_cli(
         output, _ = process.communicate(timeout=timeout)
         assert process.returncode == 0, output
     return process
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Return once ``path`` exists, ``process`` has exited or ``timeout`` seconds passed."""
+    deadline = time.time() + timeout
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def final_weights(output: Path, label: str = "mae") -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,14 @@ from ssl_mae_plugin.cli import main
 from ssl_mae_plugin.methods.finite import NonFiniteLossError
 from ssl_mae_plugin.pretrain.checkpoints import data_position
 from ssl_mae_plugin.pretrain.sampling import EpochSampler
-from tests.conftest import final_weights, make_image_folder, pretrain_method, run_cli, tiny_recipe
+from tests.conftest import (
+    final_weights,
+    make_image_folder,
+    pretrain_method,
+    run_cli,
+    tiny_recipe,
+    wait_for,
+)
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40  # a truncated JPEG
 
@@ -40,9 +46,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes_exactly(cifar_fo
 
     process = run_cli("pretrain", str(recipe_path), f"output_dir={tmp_path / 'b'}", wait=False)
     metrics = tmp_path / "b" / "t" / "mae" / "metrics.csv"
-    deadline = time.time() + 300
-    while not metrics.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(metrics, process)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1, output

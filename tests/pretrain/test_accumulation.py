@@ -2,7 +2,6 @@
 
 import logging
 import signal
-import time
 
 import pytest
 import torch
@@ -15,7 +14,14 @@ from ssl_mae_plugin.pretrain.trainer import warn_about_accumulation
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.recipes import RecipeError
 from ssl_mae_plugin.report.document import protocols
-from tests.conftest import TINY_SIMCLR, final_weights, pretrain_method, run_cli, tiny_recipe
+from tests.conftest import (
+    TINY_SIMCLR,
+    final_weights,
+    pretrain_method,
+    run_cli,
+    tiny_recipe,
+    wait_for,
+)
 
 
 def test_mae_accumulating_two_batches_of_8_equals_batches_of_16(cifar_folder, tmp_path):
@@ -115,9 +121,7 @@ def test_a_killed_accumulating_run_resumes_to_the_uninterrupted_weights(cifar_fo
 
     process = run_cli("pretrain", str(recipe_path), f"output_dir={interrupted}", wait=False)
     checkpoint = interrupted / "t" / "mae" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(checkpoint, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     epoch, batches_done = data_position(checkpoint)

@@ -3,11 +3,12 @@
 import json
 import signal
 import socket
-import time
 
 import pytest
 import torch
 import yaml
+from lightning_utilities.core.rank_zero import rank_zero_only as utilities_rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only
 
 from ssl_mae_plugin.cli import main
 from ssl_mae_plugin.pretrain.callbacks import read_metrics
@@ -15,7 +16,7 @@ from ssl_mae_plugin.pretrain.cluster import check_launch, launch_rank, launched_
 from ssl_mae_plugin.pretrain.trainer import build_trainer
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.recipes import RecipeError
-from tests.conftest import final_weights, run_cli, tiny_recipe
+from tests.conftest import final_weights, run_cli, tiny_recipe, wait_for
 
 SLURM = {
     "SLURM_NTASKS": "4",
@@ -40,6 +41,14 @@ TORCHRUN = {
 }
 BY_HAND = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "4"}
 BY_HAND_NODE_1 = {**BY_HAND, "NODE_RANK": "1", "LOCAL_RANK": "1"}
+
+
+@pytest.fixture(autouse=True)
+def restore_the_rank():
+    """A Trainer built under a simulated launch sets the process-wide rank; put it back."""
+    saved = rank_zero_only.rank, utilities_rank_zero_only.rank
+    yield
+    rank_zero_only.rank, utilities_rank_zero_only.rank = saved
 
 
 def two_by_two(cifar_folder, tmp_path, **trainer):
@@ -149,9 +158,7 @@ def test_two_nodes_train_resume_after_a_kill_and_write_one_report(cifar_folder, 
     two_nodes = tmp_path / "two-nodes"
     checkpoint = two_nodes / "t" / "mae" / "checkpoints" / "last.ckpt"
     nodes = start_two_nodes(recipe_path, two_nodes)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and nodes[0].poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(checkpoint, nodes[0])
     for node in nodes:
         node.send_signal(signal.SIGKILL)
         node.communicate()

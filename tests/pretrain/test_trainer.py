@@ -1,7 +1,6 @@
 """Pretraining through a real Lightning Trainer: loss, metrics, resume, DDP."""
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from ssl_mae_plugin.pretrain import check_checkpoint
 from ssl_mae_plugin.pretrain.callbacks import RUN_INFO_KEY, read_metrics
 from ssl_mae_plugin.pretrain.checkpoints import data_position, read_checkpoint
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
-from tests.conftest import final_weights, pretrain_method, run_cli, tiny_recipe
+from tests.conftest import final_weights, pretrain_method, run_cli, tiny_recipe, wait_for
 
 
 def test_mae_pretrains_on_real_images_with_falling_loss(cifar_folder, tmp_path):
@@ -54,9 +53,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(cifar_folder,
 
     process = run_cli("pretrain", str(recipe_path), f"output_dir={interrupted}", wait=False)
     checkpoint = interrupted / "t" / "mae" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(checkpoint, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
