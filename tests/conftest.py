@@ -4,6 +4,7 @@ method entries and recipes, and the ``ssl-mae`` command run as a user runs it.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -122,6 +123,17 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
     deadline = time.time() + timeout
     while not path.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
+
+
+def kill_after_a_checkpoint(recipe_path: Path, output: Path) -> Path:
+    """Start ``ssl-mae pretrain`` into ``output``, SIGKILL it once it saved; the checkpoint."""
+    process = run_cli("pretrain", str(recipe_path), f"output_dir={output}", wait=False)
+    checkpoint = output / "t" / "mae" / "checkpoints" / "last.ckpt"
+    wait_for(checkpoint, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    return checkpoint
 
 
 def final_weights(output: Path, label: str = "mae") -> dict[str, torch.Tensor]:

@@ -1,7 +1,6 @@
 """Gradient accumulation: one step on the effective batch for MAE, exact resume, warnings."""
 
 import logging
-import signal
 
 import pytest
 import torch
@@ -17,10 +16,10 @@ from ssl_mae_plugin.report.document import protocols
 from tests.conftest import (
     TINY_SIMCLR,
     final_weights,
+    kill_after_a_checkpoint,
     pretrain_method,
     run_cli,
     tiny_recipe,
-    wait_for,
 )
 
 
@@ -119,11 +118,7 @@ def test_a_killed_accumulating_run_resumes_to_the_uninterrupted_weights(cifar_fo
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     run_cli("pretrain", str(recipe_path), f"output_dir={uninterrupted}")
 
-    process = run_cli("pretrain", str(recipe_path), f"output_dir={interrupted}", wait=False)
-    checkpoint = interrupted / "t" / "mae" / "checkpoints" / "last.ckpt"
-    wait_for(checkpoint, process)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    checkpoint = kill_after_a_checkpoint(recipe_path, interrupted)
     epoch, batches_done = data_position(checkpoint)
     assert (epoch, batches_done) < (3, 0), "the run finished before it could be killed"
     assert batches_done % 2 == 0  # saved after an optimizer step: 3 steps are 6 batches

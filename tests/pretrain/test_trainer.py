@@ -1,6 +1,5 @@
 """Pretraining through a real Lightning Trainer: loss, metrics, resume, DDP."""
 
-import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,13 @@ from ssl_mae_plugin.pretrain import check_checkpoint
 from ssl_mae_plugin.pretrain.callbacks import RUN_INFO_KEY, read_metrics
 from ssl_mae_plugin.pretrain.checkpoints import data_position, read_checkpoint
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
-from tests.conftest import final_weights, pretrain_method, run_cli, tiny_recipe, wait_for
+from tests.conftest import (
+    final_weights,
+    kill_after_a_checkpoint,
+    pretrain_method,
+    run_cli,
+    tiny_recipe,
+)
 
 
 def test_mae_pretrains_on_real_images_with_falling_loss(cifar_folder, tmp_path):
@@ -51,12 +56,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(cifar_folder,
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     run_cli("pretrain", str(recipe_path), f"output_dir={uninterrupted}")
 
-    process = run_cli("pretrain", str(recipe_path), f"output_dir={interrupted}", wait=False)
-    checkpoint = interrupted / "t" / "mae" / "checkpoints" / "last.ckpt"
-    wait_for(checkpoint, process)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
+    checkpoint = kill_after_a_checkpoint(recipe_path, interrupted)
     epoch, batches_done = data_position(checkpoint)
     assert (epoch, batches_done) < (4, 0), "the run finished before it could be killed"
     assert batches_done > 0 or epoch > 0
