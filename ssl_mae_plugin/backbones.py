@@ -96,7 +96,12 @@ def build_backbone(
         raise ValueError(
             f"unknown backbone {name!r}; choose from {available_backbones()} or a timm model name"
         )
+    return create_timm_model(name, image_size, in_chans=in_chans)
+
+
+def create_timm_model(name: str, image_size: int, num_classes: int = 0, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, num_classes, **kwargs)``, at ``image_size`` if it takes one."""
     try:  # ViT-like timm models take the input size, convolutional ones do not
-        return timm.create_model(name, num_classes=0, img_size=image_size, in_chans=in_chans)
+        return timm.create_model(name, num_classes=num_classes, img_size=image_size, **kwargs)
     except TypeError:
-        return timm.create_model(name, num_classes=0, in_chans=in_chans)
+        return timm.create_model(name, num_classes=num_classes, **kwargs)

@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate the finished checkpoints of a recipe and write its report."""
+    """Evaluate the finished checkpoints and the models of a recipe and write its report."""
     from ssl_mae_plugin.runner import check_plan, run_recipe
 
     recipe = load_checked_recipe(args)
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_command("run", "pretrain + evaluate + report, every method in the recipe", cmd_run)
     recipe_command("pretrain", "pretrain only (resumes from the last checkpoint)", cmd_pretrain)
-    recipe_command("eval", "evaluate existing checkpoints and write the report", cmd_eval)
+    recipe_command("eval", "evaluate finished checkpoints and the models: entries, write the report", cmd_eval)
 
     visualize = commands.add_parser(
         "visualize",

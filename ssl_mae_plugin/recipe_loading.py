@@ -102,10 +102,12 @@ def _as_written(error: Mapping[str, Any], raw: Mapping[str, Any]) -> Mapping[str
 
 def _describe(error: Mapping[str, Any]) -> str:
     """One line for a pydantic error: the dotted key, what is wrong, the value given."""
+    raw = error["loc"]
     loc = [  # without the tags of tagged unions: methods.0.mae.x -> methods.0.x
         part
-        for i, part in enumerate(error["loc"])
-        if i == 0 or not (isinstance(error["loc"][i - 1], int) or error["loc"][i - 1] == "linear")
+        for i, part in enumerate(raw)
+        if not (i == 2 and raw[0] == "methods" and isinstance(raw[1], int))
+        and not (i > 0 and raw[i - 1] == "linear")
     ]
     key = ".".join(str(part) for part in loc)
     kind, value = error["type"], error.get("input")

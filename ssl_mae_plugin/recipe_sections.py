@@ -32,6 +32,7 @@ from ssl_mae_plugin.evaluation.classifier import check_training_options
 from ssl_mae_plugin.evaluation.finetune import check_finetune_options, finetune
 from ssl_mae_plugin.evaluation.knn import check_knn_options, knn_classify
 from ssl_mae_plugin.evaluation.linear import augmented_linear_probe, linear_probe
+from ssl_mae_plugin.evaluation.vit_features import Pool
 
 
 class RecipeError(ValueError):
@@ -50,6 +51,8 @@ def _number_as_text(value: Any) -> Any:
 
 
 RGB = Annotated[list[float], Field(min_length=3, max_length=3)]
+# The weight files ``models:`` entries read (see ssl_mae_plugin.model_sources.FORMATS).
+WeightsFormat = Literal["auto", "official", "timm", "huggingface", "checkpoint", "state_dict"]
 Positive = Annotated[int, Field(gt=0)]
 
 
@@ -94,6 +97,20 @@ class DataConfig(Section):
         return self
 
 
+class KNNMonitorConfig(Section):
+    """``pretrain.knn_monitor:`` k-NN top-1 while pretraining, a curve over the epochs.
+
+    With ``k`` and ``temperature`` of ``eval.knn``, on a fixed class-balanced subset of the
+    training split (the bank) and of the validation split (the queries), each capped at the
+    split's size. It only watches: it is no training setting, and the reported numbers
+    stay the final model's (see :class:`ssl_mae_plugin.pretrain.knn_monitor.KNNMonitor`).
+    """
+
+    every_n_epochs: Positive = 5  # after epochs n, 2n, ... and after the last one
+    bank_images: Positive = 5000
+    query_images: Positive = 1000
+
+
 class PretrainConfig(Section):
     """``pretrain:`` the shared budget; each method's own keys override the shared ones."""
 
@@ -112,6 +129,8 @@ class PretrainConfig(Section):
     warmup_epochs: float | None = None
     min_lr: float | None = None
     online_probe: bool | None = None
+    # null: off; else k-NN accuracy every n epochs into metrics.csv (not a training setting)
+    knn_monitor: KNNMonitorConfig | None = None
 
     @property
     def effective_batch_size(self) -> int:
@@ -246,6 +265,50 @@ LinearConfig = Annotated[
 ]
 
 
+class FeaturesConfig(Section):
+    """``eval.features:`` the ViT features k-NN and both linear probes see.
+
+    Applies to every row with a ViT backbone (ConvNets keep their pooled output): each
+    block's tokens through the final norm, pooled, the blocks' features concatenated.
+    """
+
+    pool: Pool = "cls"  # cls | mean | cls+mean
+    blocks: Positive | list[int] = 1  # the last n blocks, or block indices (-1: the last)
+
+
+class TransferConfig(Section):
+    """One ``eval.datasets`` entry: another dataset on which every row is evaluated.
+
+    Images are resized to ``data.image_size`` and normalised as in pretraining (what the
+    models were trained on); the other keys mean what they mean under ``data:``.
+    """
+
+    name: str | None = None  # its table and cache folder; null: the dataset (or root folder)
+    dataset: Literal[DATASETS] = "imagefolder"  # type: ignore[valid-type]
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str | None = None
+    max_train_images: Positive | None = None
+    max_val_images: Positive | None = None
+    download: bool = False
+
+    @model_validator(mode="after")
+    def _resolve(self) -> TransferConfig:
+        if self.dataset != "mnist5k" and self.root is None:
+            raise PydanticCustomError("recipe", f"root is required for dataset {self.dataset!r}")
+        if self.name is None:
+            folder = self.dataset == "imagefolder"
+            self.name = Path(self.root).expanduser().resolve().name if folder else self.dataset
+        if not self.name or "/" in self.name:
+            raise PydanticCustomError("recipe", f"name must be a folder name, got {self.name!r}")
+        return self
+
+    def data_section(self, data: DataConfig) -> DataConfig:
+        """``data`` with this dataset's images (same size, normalisation and loading)."""
+        changes = {"in_memory": False, "decode": "full", **self.model_dump(exclude={"name"})}
+        return DataConfig.model_validate({**data.model_dump(), **changes})
+
+
 class EvalConfig(Section):
     """``eval:`` what to measure after pretraining (null disables a part)."""
 
@@ -257,3 +320,18 @@ class EvalConfig(Section):
     reference: str | None = None  # the row the paired table compares with; null: the first
     batch_size: Positive = 256  # feature extraction
     cache_features: bool = True
+    # null: each model's own features (MAE: its ``pool`` option; others: the backbone's output)
+    features: FeaturesConfig | None = None
+    # probe every block of each ViT row with every pooling (k-NN and the cached linear probe)
+    layer_sweep: bool = False
+    # more datasets on which every row is evaluated (a table each and a summary across them)
+    datasets: list[TransferConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_datasets(self) -> EvalConfig:
+        names = [entry.name for entry in self.datasets]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError(
+                "recipe", f"datasets: names {names} repeat; give each entry a distinct 'name'"
+            )
+        return self

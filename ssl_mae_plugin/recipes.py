@@ -29,12 +29,14 @@ from pydantic_core import PydanticCustomError
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.methods.registry import get_method, list_methods
 from ssl_mae_plugin.recipe_sections import (
+    RGB,
     DataConfig,
     EvalConfig,
     PretrainConfig,
     RecipeError,
     Section,
     TrainerConfig,
+    WeightsFormat,
     signature_fields,
 )
 from ssl_mae_plugin.sweeps import expand_sweep, written_indices
@@ -44,6 +46,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "MethodEntry",
+    "ModelEntry",
     "PretrainConfig",
     "Recipe",
     "RecipeError",
@@ -103,11 +106,47 @@ def method_entry_model(name: str, method: type[SSLMethod]) -> type[MethodEntry]:
     return model
 
 
+class ModelEntry(Section):
+    """One entry of ``models:``: weights evaluated like a trained row, without pretraining.
+
+    ``format: auto`` tells the kind from the file: a folder with ``config.json`` is a
+    Hugging Face model, a file with our ``ssl_method`` entry one of our checkpoints, a
+    facebookresearch/mae state dict an official file, anything else a plain state dict
+    (which needs ``architecture``). See :mod:`ssl_mae_plugin.model_sources`.
+    """
+
+    label: str
+    weights: str | None = None  # a file or folder; null with format timm: timm's download
+    format: WeightsFormat = "auto"
+    architecture: str | None = None  # timm, state_dict: the model (timm name or ours)
+    # The normalisation the weights expect; null: what the source says (official and
+    # Hugging Face: ImageNet's or its preprocessor's; timm: its pretrained_cfg; our
+    # checkpoints: their run's), else the recipe's data.mean / data.std.
+    mean: RGB | None = None
+    std: RGB | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelEntry:
+        if self.weights is None and self.format != "timm":
+            raise PydanticCustomError(
+                "recipe", "weights is required (only format 'timm' can download its own)"
+            )
+        if self.format in ("timm", "state_dict") and not self.architecture:
+            raise PydanticCustomError(
+                "recipe", f"architecture is required for format {self.format!r} (a model name)"
+            )
+        if (self.mean is None) != (self.std is None):
+            raise PydanticCustomError("recipe", "mean and std go together: set both or neither")
+        return self
+
+
 class Recipe(Section):
     """A whole recipe: data, the methods to compare, the budget, the trainer, evaluation."""
 
     name: str
-    methods: list[MethodEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(default_factory=list)
+    # Models evaluated beside the trained rows (published weights, earlier runs).
+    models: list[ModelEntry] = Field(default_factory=list)
     seed: int = 0
     # Several seeds: each method is pretrained and evaluated once per seed; the report
     # gives means, per-seed values and intervals over seeds. ``seed`` is then the first.
@@ -153,6 +192,10 @@ class Recipe(Section):
     def _check(self) -> Recipe:
         if not self.name or "/" in self.name:
             raise PydanticCustomError("recipe", f"name must be a folder name, got {self.name!r}")
+        if not self.methods and not self.models:
+            raise PydanticCustomError(
+                "recipe", "a recipe needs methods to pretrain or models to evaluate (or both)"
+            )
         if self.seeds is not None:
             if len(set(self.seeds)) != len(self.seeds):
                 raise PydanticCustomError("recipe", f"seeds must differ, got {self.seeds}")
@@ -176,6 +219,14 @@ class Recipe(Section):
                 )
             seen.add(entry.label)
             self._check_method(index, entry)
+        for index, model in enumerate(self.models):
+            if model.label in seen or model.label == "random_init" or "/" in model.label:
+                raise PydanticCustomError(
+                    "recipe",
+                    f"models.{index}.label {model.label!r} is taken or reserved; "
+                    "give each row a distinct 'label'",
+                )
+            seen.add(model.label)
         reference = self.eval.reference
         if reference is not None and reference not in [*seen, "pixels"]:
             raise PydanticCustomError(
@@ -216,7 +267,8 @@ class Recipe(Section):
 def _recipe_model(methods: tuple[tuple[str, type[SSLMethod]], ...]) -> type[Recipe]:
     entries = [Annotated[method_entry_model(n, m), Tag(n)] for n, m in methods]
     entry_type = Annotated[Union[tuple(entries)], Discriminator(_method_name)]  # noqa: UP007
-    return create_model("Recipe", __base__=Recipe, methods=(list[entry_type], Field(min_length=1)))
+    methods = (list[entry_type], Field(default_factory=list))
+    return create_model("Recipe", __base__=Recipe, methods=methods)
 
 
 def _known_entry_model(name: str) -> type[MethodEntry] | None:

@@ -35,7 +35,10 @@ def test_image_folder_validation_split_falls_back_to_test(tmp_path):
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (minimal(colour="red"), "unknown key 'colour'; valid keys here: name, methods, seed"),
+        (
+            minimal(colour="red"),
+            "unknown key 'colour'; valid keys here: name, methods, models, seed",
+        ),
         (minimal(data={"dataset": "mnist5k", "imagesize": 32}), "unknown key 'data.imagesize'"),
         (with_method(mask_ration=0.5), "unknown key 'methods.0.mask_ration'.*mask_ratio"),
         (minimal(seed="zero"), "seed must be a valid integer, got str 'zero'"),
@@ -58,7 +61,24 @@ def test_image_folder_validation_split_falls_back_to_test(tmp_path):
             "methods.0.optimizer must be 'adamw', 'lars' or 'sgd', got str 'adam'",
         ),
         (with_method(image_size=64), "methods.0.image_size is set by data.image_size"),
-        (minimal(methods=[]), "methods must list at least 1 item"),
+        (minimal(methods=[]), "a recipe needs methods to pretrain or models to evaluate"),
+        (minimal(models=[{"label": "x", "format": "official"}]), "models.0.weights is required"),
+        (
+            minimal(models=[{"label": "x", "format": "state_dict", "weights": "w.pth"}]),
+            "models.0.architecture is required for format 'state_dict'",
+        ),
+        (
+            minimal(models=[{"label": "mae", "weights": "w.pth"}]),
+            "models.0.label 'mae' is taken or reserved",
+        ),
+        (
+            minimal(models=[{"label": "x", "weights": "w.pth", "mean": [0.5, 0.5, 0.5]}]),
+            "models.0.mean and std go together",
+        ),
+        (
+            minimal(models=[{"label": "x", "weights": "w", "format": "onnx"}]),
+            "models.0.format must be 'auto'",
+        ),
         (minimal(methods=[{"backbone": "vit_tiny"}]), "missing key 'methods.0.name'"),
         (
             minimal(methods=[{"name": "mae"}, {"name": "mae"}]),
@@ -78,6 +98,12 @@ def test_image_folder_validation_split_falls_back_to_test(tmp_path):
         (minimal(eval={"knn": {"k": 0}}), "eval.knn.k must be >= 1, got 0"),
         (minimal(eval={"finetune": {"layer_decay": 2}}), "eval.finetune.layer_decay must be in"),
         ({"data": {"dataset": "mnist5k"}, "methods": [{"name": "mae"}]}, "missing key 'name'"),
+        (minimal(eval={"features": {"pool": "max"}}), "eval.features.pool must be 'cls', 'mean'"),
+        (minimal(eval={"datasets": [{"dataset": "cifar10"}]}), "eval.datasets.0.root is required"),
+        (
+            minimal(eval={"datasets": [{"dataset": "mnist5k"}, {"dataset": "mnist5k"}]}),
+            "eval.datasets: names \\['mnist5k', 'mnist5k'\\] repeat",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key(raw, message):

@@ -199,3 +199,87 @@ def test_two_seeds_give_means_per_seed_values_and_t_intervals(cifar_folder, tmp_
     (paired,) = [p for p in report["paired"] if p["versus"] == "mae (untrained)"]
     assert paired["ci95_kind"] == "Student t over 2 paired seeds" and len(paired["per_seed"]) == 2
     assert "## Per seed" in (recipe.run_dir / "report.md").read_text()
+
+
+def test_feature_protocol_and_layer_sweep_from_a_recipe(finished_run, cifar_folder):
+    recipe, report = finished_run
+    protocol = make_recipe(
+        cifar_folder,
+        recipe.output_dir,
+        features={"pool": "cls+mean", "blocks": 1},
+        layer_sweep=True,
+        finetune=None,
+    )
+    swept = run_recipe(protocol, do_pretrain=False, log=lambda _: None)
+    rows = {row["label"]: row for row in swept["rows"]}
+    assert report["rows"][0]["features"] == "the model's own"
+    assert rows["mae"]["features"] == "cls+mean, last block of 1"
+    assert rows["mae"]["knn"] != report["rows"][0]["knn"]  # the features are in the cache key
+    assert rows["pixels"]["layer_sweep"] is None
+    for label in ("mae", "simclr", "mae (untrained)"):
+        sweep = rows[label]["layer_sweep"]
+        assert [(p["pool"], p["block"]) for p in sweep["points"]] == [
+            ("cls", 0), ("mean", 0), ("cls+mean", 0)
+        ]  # fmt: skip
+        assert 0.0 <= sweep["points"][0]["linear"]["ci95"]["top1"][0] <= 1.0
+    assert (
+        rows["mae"]["layer_sweep"]["points"][2]["knn"]["top1"] == rows["mae"]["knn"]["top1"]
+    )  # the sweep's cls+mean point is the protocol's feature
+    text = (protocol.run_dir / "report.md").read_text()
+    assert "## Layer sweep" in text and "| mae | k-NN | cls, block 1:" in text
+    assert (protocol.run_dir / "figures" / "layer_sweep_0.png").stat().st_size > 10_000
+
+
+def test_transfer_rows_per_dataset_in_both_directions(finished_run, cifar_folder, tmp_path):
+    recipe, _ = finished_run
+    digits = {"dataset": "mnist5k", "max_train_images": 200, "max_val_images": 100}
+    transfer = make_recipe(cifar_folder, recipe.output_dir, datasets=[digits], finetune=None)
+    result = run_recipe(transfer, do_pretrain=False, log=lambda _: None)
+    section = result["transfer"]["datasets"]["mnist5k"]
+    assert section["dataset"]["val_images"] == 100 and section["dataset"]["classes"] == 10
+    assert [row["label"] for row in section["rows"]] == [row["label"] for row in result["rows"]]
+    assert section["rows"][0]["knn"]["ci95"]["top1"][0] <= section["rows"][0]["knn"]["top1"]
+    assert section["rows"][0]["knn"] != result["rows"][0]["knn"]  # other images, other result
+    assert {(p["row"], p["versus"]) for p in section["paired"]} >= {("mae", "mae (untrained)")}
+    assert (recipe.method_dir(0) / "transfer" / "mnist5k" / "eval.json").is_file()
+    assert "transfer" not in result["rows"][0]
+    means = result["transfer"]["summary"]
+    assert means["over"] == [cifar_folder.name, "mnist5k"]
+    expected = (result["rows"][0]["knn"]["top1"] + section["rows"][0]["knn"]["top1"]) / 2
+    assert means["rows"][0]["knn"] == pytest.approx(expected)
+    text = (transfer.run_dir / "report.md").read_text()
+    assert "## Transfer" in text and "### mnist5k" in text and "### Across datasets" in text
+
+    # the other way: pretrained on the digits, evaluated on the CIFAR-10 JPEGs too
+    raw = {
+        "name": "digits",
+        "output_dir": str(tmp_path),
+        "data": {"dataset": "mnist5k", "image_size": 32, "num_workers": 0, **digits},
+        "methods": [dict(TINY_MAE)],
+        "pretrain": {"epochs": 1, "batch_size": 32},
+        "trainer": {"accelerator": "cpu", "progress_bar": False},
+        "eval": {
+            "knn": {"k": 10},
+            "linear": {"epochs": 2},
+            "datasets": [{"root": str(cifar_folder), "val_split": "test", "name": "cifar"}],
+        },
+    }
+    back = run_recipe(recipe_from_dict(raw), log=lambda _: None)["transfer"]
+    assert back["summary"]["over"] == ["mnist5k", "cifar"]
+    assert back["datasets"]["cifar"]["dataset"]["train_images"] == 160
+
+
+def test_knn_monitor_curve_lands_in_the_row_and_a_figure(cifar_folder, tmp_path):
+    monitor = {"every_n_epochs": 1, "bank_images": 100, "query_images": 50}
+    recipe = make_recipe(cifar_folder, tmp_path, finetune=None)
+    recipe = recipe_from_dict(
+        {**recipe.model_dump(mode="json"), "methods": [dict(TINY_MAE)],
+         "pretrain": {"epochs": 2, "batch_size": 32, "knn_monitor": monitor}}
+    )  # fmt: skip
+    report = run_recipe(recipe, log=lambda _: None)
+    curve = report["rows"][0]["knn_monitor"]
+    assert [point["epoch"] for point in curve] == [1, 2]
+    assert all(0.0 <= point["top1"] <= 1.0 for point in curve)
+    assert report["rows"][1]["method"] == "random_init" and "knn_monitor" not in report["rows"][1]
+    assert report["figures"]["k-NN during pretraining"] == "knn_curves.png"
+    assert (recipe.run_dir / "figures" / "knn_curves.png").is_file()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from ssl_mae_plugin.evaluation.classifier import FitOptions
 from ssl_mae_plugin.evaluation.features import cached_features, extract_features
 from ssl_mae_plugin.evaluation.finetune import finetune
 from ssl_mae_plugin.evaluation.knn import knn_classify
+from ssl_mae_plugin.evaluation.layer_sweep import sweep_blocks
 from ssl_mae_plugin.evaluation.linear import augmented_linear_probe, linear_probe
 from ssl_mae_plugin.evaluation.transforms import TransformedDataset
-from ssl_mae_plugin.recipes import Recipe, RecipeError
+from ssl_mae_plugin.evaluation.vit_features import OWN_FEATURES, EveryBlock, feature_view
+from ssl_mae_plugin.recipes import DataConfig, Recipe, RecipeError
 from ssl_mae_plugin.storage import digest, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class EvalData:
         num_classes: Number of classes.
         key: Everything that decides which images these are (dataset, root, splits, sizes,
             subset seed), for cache keys.
+        transfer: The ``eval.datasets`` of the recipe by name: their recipe and splits
+            (see :func:`transfer_data`).
     """
 
     train: Dataset
@@ -50,16 +54,25 @@ class EvalData:
     normalization: Normalization
     num_classes: int
     key: dict[str, Any]
+    transfer: dict[str, tuple[Recipe, EvalData]] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The dataset as a report names it: what, where, how many images and classes."""
+        return {
+            "name": self.key["dataset"],
+            "root": self.key["root"],
+            "train_images": len(self.train),
+            "val_images": len(self.val),
+            "classes": self.num_classes,
+        }
 
 
-def prepare_data(recipe: Recipe) -> EvalData:
-    """Build both splits and check them against the recipe before any work starts.
+def load_splits(data: DataConfig, subset_seed: int, bad_image_log: Path) -> EvalData:
+    """Both splits of a data section (``max_*_images`` subsets drawn with ``subset_seed``).
 
     Raises:
         DatasetUnavailableError: For a missing root, split or class folder.
-        RecipeError: For a batch larger than the training split.
     """
-    data = recipe.data
     splits = []
     for split, max_images in ((data.train_split, data.max_train_images),
                               (data.val_split, data.max_val_images)):  # fmt: skip
@@ -69,31 +82,77 @@ def prepare_data(recipe: Recipe) -> EvalData:
             root=data.root,
             download=data.download,
             on_bad_image=data.on_bad_image,
-            bad_image_log=recipe.run_dir / "bad_images.txt",
+            bad_image_log=bad_image_log,
         )
         # The same subset for every seed: rows of different seeds are paired image by image.
-        splits.append(limit_dataset(dataset, max_images, seed=recipe.all_seeds[0]))
+        splits.append(limit_dataset(dataset, max_images, seed=subset_seed))
     train, val = splits
-    batches = {"pretrain.batch_size": recipe.pretrain.batch_size}
-    for name in ("linear", "finetune"):
-        section = getattr(recipe.eval, name)
-        if section is not None and getattr(section, "mode", "trained") != "cached":
-            batches[f"eval.{name}.batch_size"] = section.batch_size
-    for key, batch in batches.items():
-        if batch > len(train):
-            raise RecipeError(
-                f"{key}={batch} is larger than the {len(train)} training images "
-                "(incomplete batches are dropped)"
-            )
     key = {
         "dataset": data.dataset,
         "root": str(Path(data.root).resolve()) if data.root else None,
         "splits": (data.train_split, data.val_split),
         "sizes": (len(train), len(val)),
-        "subset_seed": recipe.all_seeds[0],
+        "subset_seed": subset_seed,
     }
     normalization = Normalization(tuple(data.mean), tuple(data.std))
     return EvalData(train, val, normalization, len(train.classes), key)
+
+
+def check_batches(recipe: Recipe, data: EvalData, pretraining: bool = True) -> None:
+    """Refuse batches larger than the training split (incomplete batches are dropped).
+
+    Raises:
+        RecipeError: Naming the key, its batch and the split's size.
+    """
+    batches = {"pretrain.batch_size": recipe.pretrain.batch_size} if pretraining else {}
+    for name in ("linear", "finetune"):
+        section = getattr(recipe.eval, name)
+        if section is not None and getattr(section, "mode", "trained") != "cached":
+            batches[f"eval.{name}.batch_size"] = section.batch_size
+    for key, batch in batches.items():
+        if batch > len(data.train):
+            raise RecipeError(
+                f"{key}={batch} is larger than the {len(data.train)} training images "
+                f"of {data.key['dataset']} (incomplete batches are dropped)"
+            )
+
+
+def prepare_data(recipe: Recipe) -> EvalData:
+    """Build both splits and check them against the recipe before any work starts.
+
+    Raises:
+        DatasetUnavailableError: For a missing root, split or class folder.
+        RecipeError: For a batch larger than the training split.
+    """
+    data = load_splits(recipe.data, recipe.all_seeds[0], recipe.run_dir / "bad_images.txt")
+    check_batches(recipe, data)
+    data.transfer = transfer_data(recipe)
+    return data
+
+
+def transfer_data(recipe: Recipe) -> dict[str, tuple[Recipe, EvalData]]:
+    """The recipe and splits of each ``eval.datasets`` entry, by its name, checked.
+
+    Each entry's recipe evaluates at the pretraining image size and normalisation (what
+    the models were trained on), without the layer sweep.
+
+    Raises:
+        DatasetUnavailableError: For a missing root, split or class folder.
+        RecipeError: For a batch larger than a training split.
+    """
+    out = {}
+    for entry in recipe.eval.datasets:
+        transferred = recipe.model_copy(
+            update={
+                "data": entry.data_section(recipe.data),
+                "eval": recipe.eval.model_copy(update={"layer_sweep": False, "datasets": []}),
+            }
+        )
+        log = recipe.run_dir / "transfer" / entry.name / "bad_images.txt"
+        data = load_splits(transferred.data, recipe.all_seeds[0], log)
+        check_batches(transferred, data, pretraining=False)
+        out[entry.name] = (transferred, data)
+    return out
 
 
 class Evaluator:
@@ -135,15 +194,21 @@ class Evaluator:
         cache_path = folder / "eval.json"
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
         model = model.to(self.device).eval()
-        results: dict[str, Any] = {}
-        features: tuple[torch.Tensor, ...] | None = None
         config = self.recipe.eval
+        vit = getattr(model, "backbone", None)
+        protocol = config.features
+        probed, described = feature_view(
+            model, protocol and protocol.pool, protocol.blocks if protocol else 1
+        )
+        if described != OWN_FEATURES:
+            identity = {**identity, "features": described}
+        results: dict[str, Any] = {"features": described}
+        features: tuple[torch.Tensor, ...] | None = None
         for part, section in (
             ("knn", config.knn),
             ("linear", config.linear),
             ("finetune", config.finetune),
         ):
-            vit = getattr(model, "backbone", None)
             cached = part != "finetune" and getattr(section, "mode", "cached") == "cached"
             if (
                 section is None
@@ -157,12 +222,38 @@ class Evaluator:
                 results[part] = cache[part]["result"]
                 continue
             if cached:
-                features = features or self._features(model, folder, identity)
+                features = features or self._features(probed, folder, identity)
             logger.debug("evaluating %s: %s", folder.name, part)
-            results[part] = self._run(part, section, model, features)
+            results[part] = self._run(
+                part, section, model if part == "finetune" else probed, features
+            )
             cache[part] = {"key": key, "result": results[part]}
-            write_text_atomic(cache_path, json.dumps(cache, indent=2))
+            write_text_atomic(cache_path, json.dumps(cache))
+        sweep = config.layer_sweep and isinstance(vit, VisionTransformer)
+        results["layer_sweep"] = self._layer_sweep(vit, folder, identity, cache) if sweep else None
         return results
+
+    def _layer_sweep(
+        self, vit: VisionTransformer, folder: Path, identity: dict[str, Any], cache: dict
+    ) -> list[dict[str, Any]]:
+        """Every block and pooling of ``vit`` probed (see :func:`sweep_blocks`), cached."""
+        config = self.recipe.eval
+        probes = (("knn", config.knn), ("linear", config.linear))
+        settings = [self._settings(part, section) for part, section in probes if section]
+        key = digest({"identity": identity, "layer_sweep": settings})
+        if cache.get("layer_sweep", {}).get("key") != key:
+            sweep = EveryBlock(vit)
+            points = sweep_blocks(
+                sweep,
+                self._features(sweep, folder, {**identity, "features": "every block"}),
+                knn=config.knn and config.knn.options(),
+                linear=config.linear and config.linear.options(),
+                device=self.device,
+                seed=self.recipe.seed,
+            )
+            cache["layer_sweep"] = {"key": key, "result": points}
+            write_text_atomic(folder / "eval.json", json.dumps(cache))
+        return cache["layer_sweep"]["result"]
 
     def _settings(self, part: str, section: Any) -> dict[str, Any]:
         """Everything a part's result depends on besides the weights: its cache key.

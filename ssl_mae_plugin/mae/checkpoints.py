@@ -132,7 +132,7 @@ def load_official_into(model: MAE, state_dict: dict[str, torch.Tensor]) -> None:
     for key, value in state_dict.items():
         target_shape = expected[key].shape
         if key in POS_TABLE_KEYS and value.shape != target_shape:
-            value = _resize_pos_table(key, value, model.grid_size)
+            value = resize_pos_table(key, value, model.grid_size)
         if value.shape != target_shape:
             raise ValueError(
                 f"key {key!r} has shape {tuple(value.shape)} in the checkpoint, "
@@ -142,7 +142,12 @@ def load_official_into(model: MAE, state_dict: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(from_official(converted), strict=False)
 
 
-def _resize_pos_table(key: str, table: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+def resize_pos_table(key: str, table: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``[1, 1 + side * side, D]`` table (cls row first) to ``grid_size``, bicubic.
+
+    Raises:
+        ValueError: Naming ``key`` when the table is not a square grid.
+    """
     side = _square_side(table.shape[1] - 1)
     if side is None:
         raise ValueError(

@@ -21,7 +21,8 @@ VIT_SIZES: dict[str, dict[str, int]] = {
     "vit_huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
-norm_layer = partial(nn.LayerNorm, eps=1e-6)  # the eps of facebookresearch/mae
+LAYER_NORM_EPS = 1e-6  # the eps of facebookresearch/mae
+norm_layer = partial(nn.LayerNorm, eps=LAYER_NORM_EPS)
 
 
 def check_grid(img_size: tuple[int, int], patch_size: int) -> None:
@@ -38,10 +39,12 @@ def vit_encoder(
     num_heads: int,
     in_chans: int = 3,
     mlp_ratio: float = 4.0,
+    norm_eps: float = LAYER_NORM_EPS,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A headless timm ViT as MAE builds it: qkv bias, LayerNorm eps 1e-6, cls token [0].
 
+    ``norm_eps`` sets another LayerNorm eps (e.g. transformers' 1e-12 for converted weights).
     ``timm_kwargs`` go to timm's ``VisionTransformer`` (e.g. ``dynamic_img_size=True``,
     ``weight_init="skip"``). The result returns the normalised cls token as its feature.
 
@@ -62,6 +65,6 @@ def vit_encoder(
         num_heads=num_heads,
         mlp_ratio=mlp_ratio,
         qkv_bias=True,
-        norm_layer=norm_layer,
+        norm_layer=partial(nn.LayerNorm, eps=norm_eps),
         **timm_kwargs,
     )

@@ -18,6 +18,8 @@ from pytorch_lightning.callbacks import Callback
 from ssl_mae_plugin.storage import atomic_path
 
 RUN_INFO_KEY = "ssl_mae_run"
+# Written by KNNMonitor (pretrain/knn_monitor.py) into the row of the epochs it measures.
+KNN_TOP1, KNN_SECONDS = "knn_monitor/top1", "knn_monitor/seconds"
 METRICS_FIELDS = (
     "epoch",
     "step",
@@ -28,6 +30,8 @@ METRICS_FIELDS = (
     "peak_memory_mb",
     "memory_kind",
     "online_top1",
+    KNN_TOP1,
+    KNN_SECONDS,
 )
 
 
@@ -175,6 +179,19 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def knn_curve(metrics_csv: Path) -> list[dict[str, Any]]:
+    """The k-NN monitor's values in a ``metrics.csv``: ``[{"epoch", "top1"}]``.
+
+    ``epoch`` counts the epochs trained (1-based, as the monitor's ``every_n_epochs``);
+    ``top1`` is a fraction in [0, 1]. Epochs the monitor skipped are left out.
+    """
+    return [
+        {"epoch": int(row["epoch"]) + 1, "top1": float(row[KNN_TOP1])}
+        for row in read_metrics(metrics_csv)
+        if row.get(KNN_TOP1)
+    ]
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

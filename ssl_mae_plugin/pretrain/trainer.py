@@ -40,6 +40,7 @@ from ssl_mae_plugin.pretrain.checkpoints import (
 )
 from ssl_mae_plugin.pretrain.datamodule import PretrainData
 from ssl_mae_plugin.pretrain.decoding import ReducedDecodeCrops, flip_and_normalize
+from ssl_mae_plugin.pretrain.knn_monitor import KNNMonitor
 from ssl_mae_plugin.pretrain.loggers import build_loggers
 from ssl_mae_plugin.recipes import Recipe, RecipeError
 
@@ -69,8 +70,8 @@ def training_settings(recipe: Recipe, index: int) -> dict[str, Any]:
     """Everything that decides the weights method ``index`` trains to (JSON-friendly).
 
     Stored in each checkpoint; a checkpoint whose settings differ from the recipe's is
-    stale (see :func:`check_checkpoint`). Devices, workers and logging do not change the
-    weights and are not part of it.
+    stale (see :func:`check_checkpoint`). Devices, workers, logging and
+    ``pretrain.knn_monitor`` do not change the weights and are not part of it.
     """
     entry, data = recipe.methods[index], recipe.data
     settings = {
@@ -157,14 +158,20 @@ def set_aside(recipe: Recipe, index: int) -> Path | None:
 def build_method(recipe: Recipe, index: int, num_classes: int) -> SSLMethod:
     """Instantiate method ``index`` of the recipe (weights from ``recipe.seed``)."""
     entry = recipe.methods[index]
-    pl.seed_everything(recipe.seed, verbose=False)
-    return entry.method(
+    return seeded_method(
+        entry.method,
+        recipe.seed,
         **entry.options(),
         image_size=recipe.data.image_size,
         num_classes=num_classes,
         batch_size=recipe.pretrain.effective_batch_size,
-        seed=recipe.seed,
     )
+
+
+def seeded_method(method: type[SSLMethod], seed: int, **arguments: Any) -> SSLMethod:
+    """``method(**arguments, seed=seed)`` with its initial weights drawn from ``seed``."""
+    pl.seed_everything(seed, verbose=False)
+    return method(**arguments, seed=seed)
 
 
 def summarize(recipe: Recipe, index: int) -> PretrainResult:
@@ -272,7 +279,11 @@ def warn_about_accumulation(recipe: Recipe, index: int, module: SSLMethod, num_i
 
 
 def pretrain(
-    recipe: Recipe, index: int, dataset: Dataset, callbacks: Sequence[Callback] = ()
+    recipe: Recipe,
+    index: int,
+    dataset: Dataset,
+    callbacks: Sequence[Callback] = (),
+    val_dataset: Dataset | None = None,
 ) -> PretrainResult:
     """Pretrain method ``index`` of the recipe, resuming from its last checkpoint if any.
 
@@ -281,10 +292,17 @@ def pretrain(
         index: Which entry of ``recipe.methods``.
         dataset: The training split (``(image, label)`` items with ``classes``).
         callbacks: More Lightning callbacks for the trainer.
+        val_dataset: The validation split, the same; needed by ``pretrain.knn_monitor``.
 
     Returns:
         The recorded result (also when the run had already finished).
+
+    Raises:
+        ValueError: If ``pretrain.knn_monitor`` is set and ``val_dataset`` is not given.
     """
+    monitor = recipe.pretrain.knn_monitor
+    if monitor is not None and val_dataset is None:
+        raise ValueError("pretrain.knn_monitor needs the validation split: pass val_dataset")
     checkpoint = checkpoint_path(recipe.method_dir(index))
     start_epoch, skip_batches = data_position(checkpoint) if checkpoint.is_file() else (0, 0)
     if start_epoch >= recipe.pretrain.epochs:
@@ -292,6 +310,8 @@ def pretrain(
         return summarize(recipe, index)
 
     module = build_method(recipe, index, num_classes=len(dataset.classes))
+    if monitor is not None:  # before the training split is wrapped for reduced decoding
+        callbacks = [KNNMonitor.from_recipe(recipe, index, dataset, val_dataset), *callbacks]
     warn_about_accumulation(recipe, index, module, len(dataset))
     normalization = Normalization(tuple(recipe.data.mean), tuple(recipe.data.std))
     device_transform = None

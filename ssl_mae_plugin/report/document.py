@@ -17,8 +17,12 @@ def compose_report(
     paired: list[dict[str, Any]],
     figures: dict[str, str],
     seconds: float,
+    transfer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``report.json``'s contents: rows, paired table, data, protocols, notes, figures, recipe."""
+    """``report.json``'s contents: rows, paired table, data, protocols, notes, figures, recipe.
+
+    ``transfer`` is the section of :func:`~ssl_mae_plugin.report.transfer.transfer_section`.
+    """
     notes = [
         f"{row['label']}: fine-tuning skipped (it needs a ViT backbone)"
         for row in rows
@@ -34,11 +38,8 @@ def compose_report(
         "seconds": round(seconds, 1),
         "machine": machine_description(),
         "dataset": {
-            "name": recipe.data.dataset,
+            **data.describe(),
             "root": recipe.data.root,
-            "train_images": len(data.train),
-            "val_images": len(data.val),
-            "classes": data.num_classes,
             "image_size": recipe.data.image_size,
         },
         "protocols": protocols(recipe),
@@ -46,6 +47,7 @@ def compose_report(
         "sweep": recipe.sweep,
         "rows": rows,
         "paired": paired,
+        "transfer": transfer,
         "skipped_images": skipped,
         "notes": notes,
         "figures": figures,

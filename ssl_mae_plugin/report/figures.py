@@ -18,7 +18,8 @@ from ssl_mae_plugin.storage import atomic_path
 PART_NAMES = {"knn": "k-NN", "linear": "linear probe", "finetune": "fine-tune"}
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG at ``path`` atomically; returns ``path``."""
     with atomic_path(path) as partial:
         figure.savefig(partial, dpi=110)
     return path
@@ -47,7 +48,41 @@ def plot_loss_curves(curves: dict[str, list[float]], path: Path) -> Path | None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
+
+
+def plot_knn_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """k-NN top-1 during pretraining, a line per row label (see ``pretrain.knn_monitor``).
+
+    Args:
+        curves: ``{label: [{"epoch": int, "top1": fraction}, ...]}``, e.g. from
+            :func:`ssl_mae_plugin.pretrain.callbacks.knn_curve` of each row's metrics.csv.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``, or ``None`` when no curve has a point.
+    """
+    curves = {label: points for label, points in curves.items() if points}
+    if not curves:
+        return None
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.subplots()
+    for label, points in curves.items():
+        axes.plot(
+            [point["epoch"] for point in points],
+            [100 * point["top1"] for point in points],
+            marker="o",
+            markersize=3,
+            label=label,
+        )
+    axes.set_xlabel("epoch")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_ylabel("k-NN top-1 accuracy (%)")
+    axes.set_title("k-NN accuracy during pretraining")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, path)
 
 
 def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -85,7 +120,7 @@ def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _top1_with_error(row: dict[str, Any], part: str) -> tuple[float, list[float]]:
@@ -145,7 +180,7 @@ def plot_sweep(points: list[dict[str, Any]], rows: list[dict[str, Any]], path: P
     of = points[0]["sweep_point"]["of"]
     figure.suptitle(f"{of}: validation top-1 against {x_key}, 95 % intervals", fontsize=10)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def summary_figures(rows: list[dict[str, Any]], folder: Path) -> dict[str, str]:
@@ -180,7 +215,7 @@ def save_image_grid(grid: ImageGrid, path: str | Path) -> Path:
                 ax.set_title(name, fontsize=9)
     figure.suptitle(grid.title, fontsize=9)
     figure.tight_layout()
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def save_reconstruction_figure(

@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from ssl_mae_plugin.report.layer_sweep import LAYER_SWEEP_COLUMNS, layer_sweep_items
 from ssl_mae_plugin.report.machine import describe_machine
 from ssl_mae_plugin.report.rows import PARTS, accuracy, sweep_groups
+from ssl_mae_plugin.report.transfer import summary_columns
 from ssl_mae_plugin.storage import write_text_atomic
 
 PART_TITLES = {"knn": "k-NN", "linear": "linear", "finetune": "fine-tune"}
@@ -163,6 +165,19 @@ def markdown_report(report: dict[str, Any]) -> str:
         swept = ", ".join(f"`{key}` over {values}" for key, values in report["sweep"].items())
         parts += ["## Sweep", "", f"Swept: {swept}; each point is a row above.", ""]
         parts += sweep_tables(report["rows"])
+    if sweeps := layer_sweep_items(report["rows"]):
+        parts += [
+            "## Layer sweep",
+            "",
+            "Every block of each ViT row probed with each pooling (tokens through the final "
+            "norm). `best` is picked on the validation images, so its lead is optimistic; "
+            "the last two columns pick on half of them and measure on the other half.",
+            "",
+            _table(sweeps, LAYER_SWEEP_COLUMNS),
+            "",
+        ]
+    if report.get("transfer"):
+        parts += transfer_lines(report["transfer"])
     if len(report["seeds"]) > 1:
         parts += ["## Per seed", "", seeds_table(report["rows"]), ""]
     parts += ["## Pretraining", "", pretraining_table(report["rows"]), ""]
@@ -173,6 +188,42 @@ def markdown_report(report: dict[str, Any]) -> str:
     recipe = yaml.safe_dump(report["recipe"], sort_keys=False).rstrip()
     parts += ["", "## Recipe", "", "```yaml", recipe, "```", ""]
     return "\n".join(parts)
+
+
+def transfer_lines(transfer: dict[str, Any]) -> list[str]:
+    """Markdown lines: a table per transfer dataset, then the mean over all datasets."""
+    lines = [
+        "## Transfer",
+        "",
+        "Every row evaluated on more datasets, at the pretraining image size and "
+        "normalisation, with the same protocols; each table pairs rows as above.",
+        "",
+    ]
+    for name, section in transfer["datasets"].items():
+        dataset = section["dataset"]
+        lines += [
+            f"### {name}",
+            "",
+            f"`{dataset['name']}`: {dataset['train_images']:,} train / "
+            f"{dataset['val_images']:,} validation images, {dataset['classes']} classes.",
+            "",
+            comparison_table(section["rows"]),
+            "",
+            difference_table(section["paired"]),
+            "",
+        ]
+    summary = transfer["summary"]
+    present = [p for p in PARTS if any(entry[p] is not None for entry in summary["rows"])]
+    columns = summary_columns([PART_TITLES[p] for p in present], present)
+    lines += [
+        "### Across datasets",
+        "",
+        f"Mean top-1 (percent) over {', '.join(summary['over'])}.",
+        "",
+        _table(summary["rows"], columns),
+        "",
+    ]
+    return lines
 
 
 def _interval_kind(rows: list[dict[str, Any]]) -> str:

@@ -47,7 +47,8 @@ def make_row(
         entry: The recipe entry the model comes from (``None``: none).
         backbone: The evaluated network (``None``: none).
         pretrain: The pretraining summary (``None``: not pretrained).
-        results: ``{"knn", "linear", "finetune"}`` results (``None``: not run).
+        results: ``{"knn", "linear", "finetune"}`` results (``None``: not run), the
+            ``"features"`` they ran on and the raw ``"layer_sweep"`` points (if any).
     """
     return {
         "label": label,
@@ -56,7 +57,10 @@ def make_row(
         "params": count_parameters(backbone) if backbone else 0,
         "pretrain": pretrain,
         "control": None,
+        "features": results.get("features"),
         **{part: results.get(part) for part in PARTS},
+        "layer_sweep": results.get("layer_sweep"),
+        "transfer": results.get("transfer"),
     }
 
 

@@ -146,7 +146,8 @@ ACCURACIES = ("top1", "top5")
 PARTS = ("knn", "linear", "finetune")
 
 
-def _correct(result: dict[str, Any], labels: Sequence[int]) -> np.ndarray:
+def correct_outcomes(result: dict[str, Any], labels: Sequence[int]) -> np.ndarray:
+    """Per image, whether ``result["predictions"]`` matches ``labels``."""
     return np.asarray(result["predictions"]) == np.asarray(labels)
 
 
@@ -227,8 +228,8 @@ def paired_table(
                 continue
             outcomes = [
                 (
-                    _correct(rows[position[label]][part], labels),
-                    _correct(rows[position[versus]][part], labels),
+                    correct_outcomes(rows[position[label]][part], labels),
+                    correct_outcomes(rows[position[versus]][part], labels),
                 )
                 for rows in rows_by_seed
             ]
