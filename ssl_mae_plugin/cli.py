@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_command("run", "pretrain + evaluate + report, every method in the recipe", cmd_run)
     recipe_command("pretrain", "pretrain only (resumes from the last checkpoint)", cmd_pretrain)
-    recipe_command("eval", "evaluate finished checkpoints and the models: entries, write the report", cmd_eval)
+    recipe_command("eval", "evaluate checkpoints and models: entries, write the report", cmd_eval)
 
     visualize = commands.add_parser(
         "visualize",

@@ -11,13 +11,14 @@ from torch.utils.data import DataLoader
 
 from ssl_mae_plugin import MAE
 from ssl_mae_plugin.backbones import build_backbone
+from ssl_mae_plugin.cli import main
 from ssl_mae_plugin.data import eval_transform
 from ssl_mae_plugin.evaluation import extract_features, knn_classify
 from ssl_mae_plugin.evaluation.protocols import prepare_data
 from ssl_mae_plugin.evaluation.transforms import TransformedDataset
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.runner import run_recipe
-from tests.conftest import pretrain_method, run_cli, tiny_recipe
+from tests.conftest import pretrain_method, tiny_recipe
 
 EVAL = {"knn": {"k": 10}, "linear": {"epochs": 2, "batch_size": 64}}
 
@@ -53,7 +54,7 @@ def test_a_models_only_recipe_evaluates_published_formats_with_controls(
     ]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(_models_recipe(cifar_folder, tmp_path / "runs", models)))
-    run_cli("eval", str(path))
+    assert main(["eval", str(path)]) == 0
     report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
     rows = {row["label"]: row for row in report["rows"]}
     assert list(rows) == ["official", "resnet", "official (untrained)", "resnet (untrained)",
@@ -94,16 +95,14 @@ def test_a_models_only_recipe_evaluates_published_formats_with_controls(
     ],
 )
 def test_a_file_that_does_not_fit_is_exit_2_naming_it(
-    cifar_folder, tmp_path, weight_files, change, message
+    cifar_folder, tmp_path, weight_files, change, message, capsys
 ):
     model = {"label": "resnet", "weights": str(weight_files["resnet"]),
              "architecture": "resnet18", **change}  # fmt: skip
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(_models_recipe(cifar_folder, tmp_path / "runs", [model])))
-    process = run_cli("eval", str(path), wait=False)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 2, output
-    line = output.strip().splitlines()[-1]
+    assert main(["eval", str(path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("ssl-mae: error: models.0 (resnet):") and message in line
     assert str(change.get("weights", weight_files["resnet"])) in line
     assert not (tmp_path / "runs" / "t" / "report.json").exists()
