@@ -211,22 +211,10 @@ class Recipe(Section):
                 if key not in entry.model_fields_set and getattr(self.pretrain, key) is not None:
                     setattr(entry, key, getattr(self.pretrain, key))
             entry.label = entry.label or entry.name
-            if entry.label in seen or entry.label == "random_init" or "/" in entry.label:
-                raise PydanticCustomError(
-                    "recipe",
-                    f"methods.{index}.label {entry.label!r} is taken or reserved; "
-                    "give each entry a distinct 'label'",
-                )
-            seen.add(entry.label)
+            _claim_label(seen, entry.label, f"methods.{index}")
             self._check_method(index, entry)
         for index, model in enumerate(self.models):
-            if model.label in seen or model.label == "random_init" or "/" in model.label:
-                raise PydanticCustomError(
-                    "recipe",
-                    f"models.{index}.label {model.label!r} is taken or reserved; "
-                    "give each row a distinct 'label'",
-                )
-            seen.add(model.label)
+            _claim_label(seen, model.label, f"models.{index}")
         reference = self.eval.reference
         if reference is not None and reference not in [*seen, "pixels"]:
             raise PydanticCustomError(
@@ -261,6 +249,16 @@ class Recipe(Section):
                 f"data.in_memory makes MAE's crop + flip views on the device; methods.{index} "
                 f"({entry.name!r}) needs its own transform (set data.in_memory=false)",
             )
+
+
+def _claim_label(seen: set[str], label: str, where: str) -> None:
+    """Add a row label to ``seen``; a taken or reserved one is an error naming ``where``."""
+    if label in seen or label == "random_init" or "/" in label:
+        raise PydanticCustomError(
+            "recipe",
+            f"{where}.label {label!r} is taken or reserved; give each row a distinct 'label'",
+        )
+    seen.add(label)
 
 
 @functools.cache

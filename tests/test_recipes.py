@@ -82,7 +82,7 @@ def test_image_folder_validation_split_falls_back_to_test(tmp_path):
         (minimal(methods=[{"backbone": "vit_tiny"}]), "missing key 'methods.0.name'"),
         (
             minimal(methods=[{"name": "mae"}, {"name": "mae"}]),
-            "methods.1.label 'mae' is taken or reserved; give each entry a distinct 'label'",
+            "methods.1.label 'mae' is taken or reserved; give each row a distinct 'label'",
         ),
         (minimal(trainer={"precision": "64"}), "trainer.precision must be '32', 'bf16-mixed'"),
         (

@@ -25,30 +25,38 @@ def save_figure(figure: Figure, path: Path) -> Path:
     return path
 
 
-def plot_loss_curves(curves: dict[str, list[float]], path: Path) -> Path | None:
-    """Each method's per-epoch pretraining loss on one chart, relative to its first epoch."""
-    curves = {label: losses for label, losses in curves.items() if losses}
-    if not curves:
-        return None
+def _epoch_chart(
+    lines: dict[str, tuple[list[int], list[float]]], ylabel: str, title: str, path: Path
+) -> Path:
+    """One chart of ``{label: (epochs, values)}`` lines against the epoch."""
     figure = Figure(figsize=(6.5, 4))
     axes = figure.subplots()
-    for label, losses in curves.items():
-        first = losses[0] or 1.0
-        axes.plot(
-            range(1, len(losses) + 1),
-            [loss / first for loss in losses],
-            marker="o",
-            markersize=3,
-            label=f"{label} (epoch 1: {losses[0]:.3g})",
-        )
+    for label, (epochs, values) in lines.items():
+        axes.plot(epochs, values, marker="o", markersize=3, label=label)
     axes.set_xlabel("epoch")
     axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.set_ylabel("loss / epoch-1 loss")
-    axes.set_title("Pretraining loss (each method relative to its first epoch)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+def plot_loss_curves(curves: dict[str, list[float]], path: Path) -> Path | None:
+    """Each method's per-epoch pretraining loss on one chart, relative to its first epoch."""
+    lines = {
+        f"{label} (epoch 1: {losses[0]:.3g})": (
+            list(range(1, len(losses) + 1)),
+            [loss / (losses[0] or 1.0) for loss in losses],
+        )
+        for label, losses in curves.items()
+        if losses
+    }
+    if not lines:
+        return None
+    title = "Pretraining loss (each method relative to its first epoch)"
+    return _epoch_chart(lines, "loss / epoch-1 loss", title, path)
 
 
 def plot_knn_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
@@ -62,27 +70,15 @@ def plot_knn_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path
     Returns:
         ``path``, or ``None`` when no curve has a point.
     """
-    curves = {label: points for label, points in curves.items() if points}
-    if not curves:
+    lines = {
+        label: ([point["epoch"] for point in points], [100 * point["top1"] for point in points])
+        for label, points in curves.items()
+        if points
+    }
+    if not lines:
         return None
-    figure = Figure(figsize=(6.5, 4))
-    axes = figure.subplots()
-    for label, points in curves.items():
-        axes.plot(
-            [point["epoch"] for point in points],
-            [100 * point["top1"] for point in points],
-            marker="o",
-            markersize=3,
-            label=label,
-        )
-    axes.set_xlabel("epoch")
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.set_ylabel("k-NN top-1 accuracy (%)")
-    axes.set_title("k-NN accuracy during pretraining")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    return save_figure(figure, path)
+    title = "k-NN accuracy during pretraining"
+    return _epoch_chart(lines, "k-NN top-1 accuracy (%)", title, path)
 
 
 def plot_accuracy_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
