@@ -37,7 +37,7 @@ def read_pretrained(folder: Path) -> tuple[Any, set[str]]:
         MissingExtraError: When transformers is not installed.
         ValueError: For a folder transformers cannot load or a model that is no ViT.
     """
-    transformers = require("transformers", "hf", "--format huggingface")
+    transformers = require("transformers", "hf", "models: format huggingface")
     try:
         config = transformers.AutoConfig.from_pretrained(folder)
         name = (config.architectures or ["AutoModel"])[0]

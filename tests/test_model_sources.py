@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ssl_mae_plugin import MAE
 from ssl_mae_plugin.backbones import build_backbone
 from ssl_mae_plugin.data import IMAGENET_NORM, Normalization
 from ssl_mae_plugin.export import to_transformers, transformers_config
+from ssl_mae_plugin.extras import MissingExtraError
 from ssl_mae_plugin.model_sources import EvalModel, WeightsError, detect_format, load_model
 from ssl_mae_plugin.pretrain.checkpoints import load_pretrained
 from ssl_mae_plugin.pretrain.trainer import build_method
@@ -193,6 +195,12 @@ def test_huggingface_inverts_our_export(official, tmp_path):
 def test_huggingface_at_another_image_size(hf_folders):
     loaded = load_model("huggingface", hf_folders["ViTModel"][1], None, image_size=48)
     assert loaded.model.forward_features(images(48)).shape == (2, 32)
+
+
+def test_huggingface_without_transformers_names_the_extra(hf_folders, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes the import fail
+    with pytest.raises(MissingExtraError, match=r"pip install 'ssl-mae-plugin\[hf\]'"):
+        load_model("huggingface", hf_folders["ViTModel"][1], None, image_size=32)
 
 
 def test_huggingface_refuses_another_activation(tmp_path):

@@ -6,6 +6,8 @@ from torch import nn
 
 from ssl_mae_plugin import MAE
 from ssl_mae_plugin.backbones import build_backbone
+from ssl_mae_plugin.evaluation.classifier import FitOptions
+from ssl_mae_plugin.evaluation.linear import augmented_linear_probe
 from ssl_mae_plugin.evaluation.vit_features import (
     OWN_FEATURES,
     EveryBlock,
@@ -101,3 +103,15 @@ def test_cls_pooling_needs_a_class_token():
     with pytest.raises(ValueError, match="class token"):
         ViTFeatures(vit, pool="cls")
     assert EveryBlock(vit).pools == ("mean",)
+
+
+def test_the_augmented_linear_probe_trains_on_the_protocol_features(image_dataset):
+    vit = tiny_vit(depth=3)
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    view = ViTFeatures(vit, pool="cls+mean", blocks=2)
+    out = augmented_linear_probe(
+        view, image_dataset, image_dataset, num_classes=2, image_size=16, epochs=1,
+        warmup_epochs=0, batch_size=16, fit=FitOptions(accelerator="cpu", devices=1),
+    )  # fmt: skip
+    assert 0.0 <= out["top1"] <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
