@@ -148,7 +148,7 @@ def _valid_keys(loc: list[Any], tagged: tuple[Any, ...]) -> list[str]:
         name = tagged[2]
         return list(method_entry_model(name, get_method(name)).model_fields)
     models: list[type[BaseModel]] = [recipe_model()]
-    for part in loc[:-1]:
+    for part in (part for part in loc[:-1] if not isinstance(part, int)):  # list items
         annotations = [m.model_fields[part].annotation for m in models if part in m.model_fields]
         models = [m for annotation in annotations for m in _models_in(annotation)]
     return list(dict.fromkeys(key for model in models for key in model.model_fields))

@@ -62,6 +62,14 @@ def test_image_folder_validation_split_falls_back_to_test(tmp_path):
         ),
         (with_method(image_size=64), "methods.0.image_size is set by data.image_size"),
         (minimal(methods=[]), "a recipe needs methods to pretrain or models to evaluate"),
+        (
+            minimal(models=[{"label": "x", "weigths": "w.pth"}]),
+            "unknown key 'models.0.weigths'; valid keys here: label, weights, format",
+        ),
+        (
+            minimal(eval={"datasets": [{"dataset": "mnist5k", "split": "x"}]}),
+            "unknown key 'eval.datasets.0.split'; valid keys here: name, dataset, root",
+        ),
         (minimal(models=[{"label": "x", "format": "official"}]), "models.0.weights is required"),
         (
             minimal(models=[{"label": "x", "format": "state_dict", "weights": "w.pth"}]),
