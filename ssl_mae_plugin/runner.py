@@ -21,6 +21,7 @@ from torch import nn
 from ssl_mae_plugin.data import Normalization, eval_transform
 from ssl_mae_plugin.evaluation.features import FlattenedPixels
 from ssl_mae_plugin.evaluation.protocols import EvalData, Evaluator, prepare_data
+from ssl_mae_plugin.evaluation.vit_features import feature_view
 from ssl_mae_plugin.model_rows import entry_normalization, load_entry, model_dir, weights_identity
 from ssl_mae_plugin.pretrain import (
     build_method,
@@ -83,7 +84,8 @@ def check_plan(recipe: Recipe, do_pretrain: bool = True) -> EvalData:
         DatasetUnavailableError: For a missing root, split or class folder.
         RecipeError: For a batch larger than the training split, a checkpoint trained
             with other settings than the recipe's, (``do_pretrain=False``) a method
-            that is not pretrained yet, or a ``models`` entry whose weights do not load.
+            that is not pretrained yet, a ``models`` entry whose weights do not load, or
+            ``eval.features`` asking a ViT for blocks it does not have.
     """
     check_loggers(recipe.trainer)
     check_launch(recipe.trainer)
@@ -93,8 +95,16 @@ def check_plan(recipe: Recipe, do_pretrain: bool = True) -> EvalData:
             check_checkpoint(seeded, index)
             if not do_pretrain:
                 finished_checkpoint(seeded, index)
-    for index in range(len(recipe.models)):
-        load_entry(recipe, index)  # loads once to fail before any work, naming the file
+    models = [load_entry(recipe, index).model for index in range(len(recipe.models))]
+    protocol = recipe.eval.features
+    if protocol is not None:  # blocks the ViTs have, a class token where cls is asked for
+        methods = [build_method(recipe, i, data.num_classes) for i in range(len(recipe.methods))]
+        labels = [entry.label for entry in [*recipe.methods, *recipe.models]]
+        for label, model in zip(labels, [*methods, *models], strict=True):
+            try:
+                feature_view(model, protocol.pool, protocol.blocks)
+            except ValueError as error:
+                raise RecipeError(f"eval.features ({label}): {error}") from error
     return data
 
 

@@ -124,3 +124,19 @@ def test_an_earlier_run_beside_the_same_training_evaluates_the_same(cifar_folder
     assert rows["last week"]["linear"]["top1"] == rows["mae"]["linear"]["top1"]
     assert rows["last week (untrained)"]["knn"] == rows["mae (untrained)"]["knn"]
     assert {(p["row"], p["versus"]) for p in report["paired"]} >= {("last week", "mae")}
+
+
+def test_blocks_a_vit_does_not_have_stop_before_any_work(
+    cifar_folder, tmp_path, weight_files, capsys
+):
+    raw = _models_recipe(cifar_folder, tmp_path / "runs", [
+        {"label": "official", "weights": str(weight_files["official"])}
+    ])  # fmt: skip
+    raw["eval"]["features"] = {"pool": "cls", "blocks": 3}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["eval", str(path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        "ssl-mae: error: eval.features (official): blocks=3 asks for the last 3 of 1 blocks"
+    )
