@@ -1,8 +1,7 @@
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
+from lightning_fabric.plugins.environments.lightning import find_free_network_port
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -128,12 +127,6 @@ def test_cache_hit_returns_the_stored_tensors_without_recomputing(tmp_path):
     assert len(files) == 2 and all(f.startswith("features-") and f.endswith(".pt") for f in files)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, x, y, out):
     import torch.distributed as dist
     from torch.utils.data.distributed import DistributedSampler
@@ -162,7 +155,7 @@ def test_ddp_gather_restores_dataset_order_and_drops_padding(tmp_path):
     x = torch.randn(7, 6)  # 7 samples on 2 ranks: the sampler pads one duplicate
     y = torch.arange(7)
     # fork (as DataLoader workers) so the workers need not import torch and timm again
-    args = (2, _free_port(), x, y, str(tmp_path))
+    args = (2, find_free_network_port(), x, y, str(tmp_path))
     mp.start_processes(_ddp_worker, args=args, nprocs=2, join=True, start_method="fork")
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     assert results == [(True, True, 7), (True, True, 7)]

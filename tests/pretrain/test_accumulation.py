@@ -1,14 +1,15 @@
-"""Gradient accumulation: one step on the effective batch for MAE, exact resume, warnings."""
+"""Gradient accumulation: one step on the effective batch for MAE, warnings.
+
+Exact resume of an accumulating run: tests/pretrain/test_trainer.py (the kill test).
+"""
 
 import logging
 
 import pytest
 import torch
-import yaml
 
 from ssl_mae_plugin.pretrain import build_method, check_checkpoint
 from ssl_mae_plugin.pretrain.callbacks import read_metrics
-from ssl_mae_plugin.pretrain.checkpoints import data_position
 from ssl_mae_plugin.pretrain.trainer import warn_about_accumulation
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.recipes import RecipeError
@@ -16,9 +17,7 @@ from ssl_mae_plugin.report.document import protocols
 from tests.conftest import (
     TINY_SIMCLR,
     final_weights,
-    kill_after_a_checkpoint,
     pretrain_method,
-    run_cli,
     tiny_recipe,
 )
 
@@ -100,30 +99,3 @@ def test_batch_dependent_methods_and_ragged_epochs_are_warned_about(cifar_folder
     with caplog.at_level(logging.WARNING, logger="ssl_mae_plugin"):
         warn_about_accumulation(mae_recipe, 0, build_method(mae_recipe, 0, 10), num_images=160)
     assert not caplog.records  # MAE is exact and 10 batches split into steps of 2
-
-
-def test_a_killed_accumulating_run_resumes_to_the_uninterrupted_weights(cifar_folder, tmp_path):
-    raw = tiny_recipe(
-        cifar_folder,
-        tmp_path / "x",
-        pretrain={
-            "epochs": 3,
-            "batch_size": 8,
-            "accumulate_grad_batches": 2,
-            "checkpoint_every_n_steps": 3,
-        },
-    )
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(raw))
-    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    run_cli("pretrain", str(recipe_path), f"output_dir={uninterrupted}")
-
-    checkpoint = kill_after_a_checkpoint(recipe_path, interrupted)
-    epoch, batches_done = data_position(checkpoint)
-    assert (epoch, batches_done) < (3, 0), "the run finished before it could be killed"
-    assert batches_done % 2 == 0  # saved after an optimizer step: 3 steps are 6 batches
-
-    run_cli("pretrain", str(recipe_path), f"output_dir={interrupted}")
-    reference, resumed = final_weights(uninterrupted), final_weights(interrupted)
-    for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], atol=0, rtol=0, msg=key)

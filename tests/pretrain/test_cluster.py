@@ -2,11 +2,11 @@
 
 import json
 import signal
-import socket
 
 import pytest
 import torch
 import yaml
+from lightning_fabric.plugins.environments.lightning import find_free_network_port
 from lightning_utilities.core.rank_zero import rank_zero_only as utilities_rank_zero_only
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -107,15 +107,9 @@ def test_a_launch_that_does_not_match_the_recipe_stops_before_any_work(
     assert not (tmp_path / "t").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_two_nodes(recipe_path, output):
     """Two single-process "nodes" on the loopback address, started by hand as on a cluster."""
-    port = str(free_port())
+    port = str(find_free_network_port())
     return [
         run_cli(
             "run",

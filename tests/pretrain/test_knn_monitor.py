@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.multiprocessing as mp
+from lightning_fabric.plugins.environments.lightning import find_free_network_port
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -209,12 +209,6 @@ def _monitor(tmp_path: Path) -> KNNMonitor:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     import torch.distributed as dist
 
@@ -237,7 +231,7 @@ def test_under_ddp_every_rank_gets_the_single_process_value(tmp_path):
     torch.manual_seed(0)
     expected = _monitor(tmp_path).measure(DropoutFeatures())[KNN_TOP1]
     # 9 bank and 7 query items on 2 ranks: each sampler pads one duplicate
-    args = (2, _free_port(), str(tmp_path))
+    args = (2, find_free_network_port(), str(tmp_path))
     mp.start_processes(_ddp_worker, args=args, nprocs=2, join=True, start_method="fork")
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     assert results == [(expected, True), (expected, True)]
