@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in one script for a lent GPU machine whose
 # python3 already has torch, torchvision, timm, transformers and pytorch-lightning (and no
-# network). It needs two things beside the checkout:
-#   .whl/lightly-1.6.0-py3-none-any.whl   pip download --no-deps lightly==1.6.0 -d .whl
-#   .gpudata/cifar10.tgz                  tar czf .gpudata/cifar10.tgz -C <cifar10 root> train test
+# network). It needs three things beside the checkout (all carried to the machine):
+#   .whl/   pip download --no-deps -d .whl lightly==1.6.0 litdata==0.2.76 obstore tifffile \
+#               boto3 botocore s3transfer jmespath
+#   .gpudata/cifar10.tgz   tar czf .gpudata/cifar10.tgz -C <cifar10 root> train test
+#   .gpudata/photos/       .venv/bin/python benchmarks/device_decode.py --write-photos .gpudata/photos
 # Usage (from the repository root):
 #   OUT=<results folder> bash benchmarks/gpu_session.sh STAGE...
 # Stages: setup (install + unpack; always first), smoke (every CIFAR recipe method for one
@@ -14,7 +16,9 @@
 # peers (ViT-B/16 bf16 at batch 512, compiled, fused AdamW for ours, lightly and HF alike,
 # with a kernel profile), product (`ssl-mae pretrain` on ViT-B/16 from synthetic images in
 # memory against the bare compiled step), lever (run 2: ours' step with other compile modes
-# and attention kernels). DRY=1 runs every stage's commands on the CPU at toy sizes, to
+# and attention kernels), decode (data.decode: device on the photos' JPEGs: nvJPEG images/s),
+# shards (`ssl-mae pretrain` of ViT-B/16 from LitData shards of ImageNet-sized JPEGs with
+# data.decode: device, against the bare compiled step). DRY=1 runs every stage's commands on the CPU at toy sizes, to
 # check the script before a GPU session.
 # What the stages write lands in $OUT/results.tgz (no checkpoints or feature caches); the
 # recipe's report, figures and metrics also in $OUT itself; logs go to stdout too.
@@ -86,11 +90,11 @@ recipe() {
 # Sizes: the real run, or DRY=1 toy sizes on the CPU.
 if [ "${DRY:-0}" = 1 ]; then
     DEVICE=cpu ARCH=small BATCH=8 STEPS=1 REPEATS=1 BACKBONE=vit_tiny PATCH=4 SIZE=32
-    IMAGES=64 EPOCHS=2 PRECISION=32 TRAINER=cpu WORKERS=0
+    IMAGES=64 EPOCHS=2 PRECISION=32 TRAINER=cpu WORKERS=0 COPIES=1
     OPTS=(--set depth=1 --set decoder_depth=1 --memory off)
 else
     DEVICE=cuda ARCH=vit_base BATCH=512 STEPS=10 REPEATS=5 BACKBONE=vit_base PATCH=16
-    SIZE=224 IMAGES=8192 EPOCHS=6 PRECISION=bf16-mixed TRAINER=gpu WORKERS=8
+    SIZE=224 IMAGES=8192 EPOCHS=6 PRECISION=bf16-mixed TRAINER=gpu WORKERS=8 COPIES=4
     OPTS=()
 fi
 THROUGHPUT=("$PY" benchmarks/throughput.py --device "$DEVICE" --arch "$ARCH" --batch "$BATCH"
@@ -163,7 +167,68 @@ lever() {
     done
 }
 
-STAGES=(setup smoke throughput mfu e2e recipe peers product lever)
+decode() {
+    "$PY" benchmarks/device_decode.py --photos .gpudata/photos --device "$DEVICE" \
+        --batch "$BATCH" --copies "$COPIES" --passes "$REPEATS" \
+        --out "$RESULTS/device_decode_$DEVICE.json"
+}
+
+shards() {
+    # ImageNet-sized JPEGs (the photos' 500 x 375 files, each linked many times) as shards
+    local folder="$DATA/photos" kind=shards
+    for split in train test; do
+        mkdir -p "$folder/$split"
+        cp -r .gpudata/photos/500x375/. "$folder/$split/"
+    done
+    "$PY" - "$folder/train" "$IMAGES" <<'PY' || return 1
+import os, sys
+from pathlib import Path
+
+train, count = Path(sys.argv[1]), int(sys.argv[2])
+files = sorted(train.rglob("*.jpg"))
+for i in range(count - len(files)):
+    source = files[i % len(files)]
+    os.link(source, source.with_name(f"copy{i}-{source.name}"))
+PY
+    if "$PY" -c "import litdata" 2>/dev/null; then
+        "${CLI[@]}" shards "$folder" "$DATA/photo-shards" --workers "$WORKERS" || return 1
+        folder="$DATA/photo-shards"
+    else
+        kind=imagefolder && echo "litdata missing: reading the image folder instead"
+    fi
+    cat > "$RESULTS/shards.yaml" <<YAML
+name: shards
+output_dir: $RESULTS/shards
+data: {dataset: $kind, root: $folder, val_split: test, image_size: $SIZE, decode: device,
+       num_workers: $WORKERS}
+methods:
+  - {name: mae, backbone: $BACKBONE, patch_size: $PATCH, compile: true, norm_pix_loss: true}
+pretrain: {epochs: $EPOCHS, batch_size: $BATCH}
+trainer: {accelerator: $TRAINER, precision: $PRECISION, progress_bar: false,
+          log_every_n_steps: 50}
+YAML
+    "${CLI[@]}" pretrain "$RESULTS/shards.yaml" || return 1
+    [ -f "$RESULTS/product_bare_step.json" ] ||
+        "${THROUGHPUT[@]}" --models ours --out "$RESULTS/product_bare_step.json" || return 1
+    "$PY" - "$RESULTS" "$kind" <<'PY'
+import csv, json, statistics, sys
+from pathlib import Path
+
+results, kind = Path(sys.argv[1]), sys.argv[2]
+rows = list(csv.DictReader(open(results / "shards/shards/mae/metrics.csv")))
+rates = [float(r["images_per_second"]) for r in rows[1:]]  # epoch 1 compiles
+bare = json.loads((results / "product_bare_step.json").read_text())
+bare_rate = next(r["images_per_second"]["median"] for r in bare["rows"] if r["status"] == "ok")
+rate = statistics.median(rates)
+summary = {"dataset": kind, "decode": "device", "pretrain_images_per_second": rate,
+           "bare_step_images_per_second": bare_rate, "pretrain_over_bare": rate / bare_rate,
+           "epochs_timed": len(rates)}
+print(json.dumps(summary, indent=2))
+(results / "shards_vs_bare.json").write_text(json.dumps(summary, indent=2) + "\n")
+PY
+}
+
+STAGES=(setup smoke throughput mfu e2e recipe peers product lever decode shards)
 for stage in "$@"; do
     if [[ ! " ${STAGES[*]} " =~ [[:space:]]${stage}[[:space:]] ]]; then
         echo "gpu_session.sh: unknown stage '$stage'; stages: ${STAGES[*]}" >&2

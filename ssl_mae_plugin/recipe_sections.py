@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ssl_mae_plugin.data import DATASETS, default_normalization
+from ssl_mae_plugin.data import DATASETS, FOLDER_DATASETS, default_normalization
 from ssl_mae_plugin.evaluation.classifier import check_training_options
 from ssl_mae_plugin.evaluation.finetune import check_finetune_options, finetune
 from ssl_mae_plugin.evaluation.knn import check_knn_options, knn_classify
@@ -60,7 +60,8 @@ class DataConfig(Section):
     """``data:`` where images come from and how big they are."""
 
     dataset: Literal[DATASETS] = "imagefolder"  # type: ignore[valid-type]
-    root: str | None = None  # imagefolder: holds <train_split>/<class>/* and <val_split>/...
+    root: str | None = None  # imagefolder: holds <train_split>/<class>/* and <val_split>/...;
+    # shards: <train_split>/ and <val_split>/ written by `ssl-mae shards` (or an s3:// URL)
     train_split: str = "train"
     val_split: str | None = None  # null: "test"; imagefolder: "val" ("test" if only that exists)
     image_size: Positive = 224
@@ -73,23 +74,25 @@ class DataConfig(Section):
     max_val_images: Positive | None = None
     in_memory: bool = False  # decode the training images once, crop + flip on the device
     # reduced: draw MAE's crop box first, then decode the JPEG at 1/2, 1/4 or 1/8 of its
-    # size where the box keeps the output size (imagefolder; see pretrain/decoding.py)
-    decode: Literal["full", "reduced"] = "full"
+    # size where the box keeps the output size (imagefolder, shards; see pretrain/decoding.py);
+    # device: decode the JPEGs on the training device, nvJPEG on a GPU, and crop there
+    # (imagefolder, shards; see pretrain/device_decode.py)
+    decode: Literal["full", "reduced", "device"] = "full"
 
     @model_validator(mode="after")
     def _resolve(self) -> DataConfig:
         if self.dataset != "mnist5k" and self.root is None:
             raise PydanticCustomError("recipe", f"root is required for dataset {self.dataset!r}")
-        if self.decode == "reduced" and (self.dataset != "imagefolder" or self.in_memory):
+        if self.decode != "full" and (self.dataset not in FOLDER_DATASETS or self.in_memory):
             raise PydanticCustomError(
                 "recipe",
-                "decode 'reduced' reads image files: it needs dataset 'imagefolder' and "
-                "in_memory false",
+                f"decode {self.decode!r} reads encoded images: it needs dataset 'imagefolder' "
+                "or 'shards' and in_memory false",
             )
         if self.val_split is None:
             root = Path(self.root or ".").expanduser()
             test_only = (root / "test").is_dir() and not (root / "val").is_dir()
-            folder = self.dataset == "imagefolder" and not test_only
+            folder = self.dataset in FOLDER_DATASETS and not test_only
             self.val_split = "val" if folder else "test"
         usual = default_normalization(self.dataset)
         self.mean = self.mean or list(usual.mean)
@@ -297,7 +300,7 @@ class TransferConfig(Section):
         if self.dataset != "mnist5k" and self.root is None:
             raise PydanticCustomError("recipe", f"root is required for dataset {self.dataset!r}")
         if self.name is None:
-            folder = self.dataset == "imagefolder"
+            folder = self.dataset in FOLDER_DATASETS
             self.name = Path(self.root).expanduser().resolve().name if folder else self.dataset
         if not self.name or "/" in self.name:
             raise PydanticCustomError("recipe", f"name must be a folder name, got {self.name!r}")

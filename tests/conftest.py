@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 from ssl_mae_plugin.evaluation.protocols import prepare_data
 from ssl_mae_plugin.pretrain import PretrainResult, pretrain
@@ -32,6 +33,7 @@ TINY_MAE = {
     "blr": 5e-3,
     "warmup_epochs": 0,
 }
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # real photos shipped with scikit-image
 TINY_SIMCLR = {"name": "simclr", **TINY_VIT, "hidden_dim": 64, "output_dim": 32}
 
 
@@ -46,6 +48,20 @@ def make_image_folder(target: Path, per_class: dict[str, int], classes: int = 10
             for image in sorted(class_dir.iterdir())[:count]:
                 os.symlink(image, out / image.name)
     return target
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """``train/``: four real photos as ~1000 x 750 JPEGs (quality 90), two classes, one PNG."""
+    skimage_data = pytest.importorskip("skimage.data")
+    root = tmp_path_factory.mktemp("photos")
+    for number, name in enumerate(PHOTOS):
+        folder = root / "train" / f"class{number % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        photo = Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
+        photo.resize((1000, 750), Image.Resampling.BICUBIC).save(folder / f"{name}.jpg", quality=90)
+    Image.open(folder / f"{PHOTOS[-1]}.jpg").save(folder / "rocket-copy.png")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_mae_plugin.data import Normalization, build_dataset, eval_transform, limit_dataset
+from ssl_mae_plugin.data import (
+    Normalization,
+    build_dataset,
+    eval_transform,
+    limit_dataset,
+    resolve_root,
+)
 from ssl_mae_plugin.evaluation.classifier import FitOptions
 from ssl_mae_plugin.evaluation.features import cached_features, extract_features
 from ssl_mae_plugin.evaluation.finetune import finetune
@@ -89,7 +95,7 @@ def load_splits(data: DataConfig, subset_seed: int, bad_image_log: Path) -> Eval
     train, val = splits
     key = {
         "dataset": data.dataset,
-        "root": str(Path(data.root).resolve()) if data.root else None,
+        "root": resolve_root(data.root) if data.root else None,
         "splits": (data.train_split, data.val_split),
         "sizes": (len(train), len(val)),
         "subset_seed": subset_seed,

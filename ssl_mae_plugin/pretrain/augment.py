@@ -30,8 +30,8 @@ CROP_STREAM = MASK_STREAM + 1  # independent of the sample's mask noise
 
 def crop_boxes(
     seeds: Sequence[int],
-    height: int,
-    width: int,
+    height: int | np.ndarray,
+    width: int | np.ndarray,
     scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -41,33 +41,38 @@ def crop_boxes(
     the first crop that fits is placed uniformly, else the central crop of the clamped
     ratio (torchvision's rule).
 
+    Args:
+        seeds: One seed per image.
+        height: The images' height in pixels: one for all, or one per seed.
+        width: Their width, the same.
+        scale: Area fraction range of the crops.
+        ratio: Aspect ratio range of the crops.
+
     Returns:
         ``[N, 4]`` float boxes ``(x1, y1, x2, y2)`` in pixels and ``[N]`` bool flips.
     """
     u = uniform_from_seeds(
         seeds, 2 * CROP_TRIES + 3, stream=CROP_STREAM
     )  # area, ratio x 10; i, j, flip
-    area = height * width
+    rows = np.arange(len(u))
+    height = np.broadcast_to(np.asarray(height, dtype=np.float64), rows.shape)
+    width = np.broadcast_to(np.asarray(width, dtype=np.float64), rows.shape)
+    area = (height * width)[:, None]
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 0 : 2 * CROP_TRIES : 2])
     aspect = np.exp(log_low + (log_high - log_low) * u[:, 1 : 2 * CROP_TRIES : 2])
     w = np.rint(np.sqrt(target * aspect))
     h = np.rint(np.sqrt(target / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # [N, tries]
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])  # [N, tries]
     first = np.argmax(fits, axis=1)
-    found = fits[np.arange(len(first)), first]
-    w = w[np.arange(len(first)), first]
-    h = h[np.arange(len(first)), first]
+    found = fits[rows, first]
+    w, h = w[rows, first], h[rows, first]
     top = np.floor(u[:, -3] * (height - h + 1))
     left = np.floor(u[:, -2] * (width - w + 1))
 
-    in_ratio = width / height  # the fallback: a central crop
-    if in_ratio < ratio[0]:
-        fallback_w, fallback_h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fallback_w, fallback_h = round(height * ratio[1]), height
-    else:
-        fallback_w, fallback_h = width, height
+    in_ratio = width / height  # the fallback: a central crop of the clamped ratio
+    fallback_w = np.where(in_ratio > ratio[1], np.rint(height * ratio[1]), width)
+    fallback_h = np.where(in_ratio < ratio[0], np.rint(width / ratio[0]), height)
     w = np.where(found, w, fallback_w)
     h = np.where(found, h, fallback_h)
     top = np.where(found, top, (height - fallback_h) // 2)

@@ -10,6 +10,7 @@ from lightly.data import MultiViewCollate
 from torch.utils.data import DataLoader
 
 from ssl_mae_plugin.pretrain.augment import DeviceCropFlip, load_uint8
+from ssl_mae_plugin.pretrain.device_decode import DeviceDecodeViews, collate_payloads
 from ssl_mae_plugin.pretrain.sampling import EpochSampler, SeededIndices, SeededViews
 
 
@@ -26,6 +27,9 @@ class PretrainData(pl.LightningDataModule):
         skip_batches: Batches of ``start_epoch`` already done (resume).
         device_transform: Keep the images in memory as uint8 and make the views with it on
             the training device instead of ``transform`` in the loader processes.
+        device_decode: Read the encoded images of its samples in the loader processes and
+            decode them and make the views on the training device (``dataset`` and
+            ``transform`` are then not used).
     """
 
     def __init__(
@@ -38,11 +42,15 @@ class PretrainData(pl.LightningDataModule):
         start_epoch: int = 0,
         skip_batches: int = 0,
         device_transform: DeviceCropFlip | None = None,
+        device_decode: DeviceDecodeViews | None = None,
     ) -> None:
         super().__init__()
         self.device_transform = device_transform
-        if device_transform is None:
-            self.items: Any = SeededViews(dataset, transform, seed=seed)
+        self.device_decode = device_decode
+        if device_decode is not None:
+            self.items: Any = device_decode.samples
+        elif device_transform is None:
+            self.items = SeededViews(dataset, transform, seed=seed)
         else:
             self.items = SeededIndices(dataset.targets, seed=seed)
             self.images = load_uint8(dataset, num_workers)  # [N, 3, H, W], moved on first use
@@ -70,16 +78,23 @@ class PretrainData(pl.LightningDataModule):
         )
         in_memory = self.device_transform is not None
         workers = 0 if in_memory else self.num_workers  # in memory: only indices to batch
+        collate = collate_payloads if self.device_decode is not None else MultiViewCollate()
         return DataLoader(
             self.items,
             batch_size=per_rank,
             sampler=sampler,
-            collate_fn=None if in_memory else MultiViewCollate(),
+            collate_fn=None if in_memory else collate,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,  # the sampler already yields whole batches
         )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device decoding: turn the batch's encoded samples into views on the device."""
+        if self.device_decode is None:
+            return batch
+        return self.device_decode(batch, self.trainer.strategy.root_device)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """In memory: turn ``(indices, labels, seeds)`` into views on the device."""

@@ -22,7 +22,7 @@ from lightly.transforms.torchvision_v2_compatibility import torchvision_transfor
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_mae_plugin.data import ImageFolderDataset, LabelledSubset, Normalization, to_rgb
+from ssl_mae_plugin.data import EncodedImages, LabelledSubset, Normalization, to_rgb
 
 REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder offers, largest first
 
@@ -33,10 +33,10 @@ def reduction(box_side: float, output_size: int) -> int:
 
 
 class ReducedDecodeCrops(Dataset):
-    """``(crop resized to output_size, label)`` of image files, decoding only what is needed.
+    """``(crop resized to output_size, label)`` of encoded images, decoding only what is needed.
 
     Args:
-        images: An image folder, or a class-balanced subset of one.
+        images: An image folder or shards, or a class-balanced subset of one.
         output_size: Side of the square crops.
         scale: Area fraction range of the crop box (MAE: 0.2 to 1).
         ratio: Aspect ratio range of the box.
@@ -44,7 +44,7 @@ class ReducedDecodeCrops(Dataset):
 
     def __init__(
         self,
-        images: ImageFolderDataset | LabelledSubset,
+        images: EncodedImages | LabelledSubset,
         output_size: int,
         scale: tuple[float, float],
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -53,8 +53,9 @@ class ReducedDecodeCrops(Dataset):
             self.files, self.indices = images.dataset, list(images.indices)
         else:
             self.files, self.indices = images, list(range(len(images)))
-        if not isinstance(self.files, ImageFolderDataset):
-            raise TypeError(f"reduced decoding reads image files, not {type(self.files).__name__}")
+        if not isinstance(self.files, EncodedImages):
+            kind = type(self.files).__name__
+            raise TypeError(f"reduced decoding reads encoded images, not {kind}")
         self.classes, self.targets = list(images.classes), list(images.targets)
         self.output_size, self.scale, self.ratio = output_size, scale, ratio
 

@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import Dataset
 
-from ssl_mae_plugin.data import Normalization
+from ssl_mae_plugin.data import Normalization, resolve_root
 from ssl_mae_plugin.methods.base import SSLMethod
 from ssl_mae_plugin.pretrain.augment import DeviceCropFlip
 from ssl_mae_plugin.pretrain.callbacks import (
@@ -40,6 +40,7 @@ from ssl_mae_plugin.pretrain.checkpoints import (
 )
 from ssl_mae_plugin.pretrain.datamodule import PretrainData
 from ssl_mae_plugin.pretrain.decoding import ReducedDecodeCrops, flip_and_normalize
+from ssl_mae_plugin.pretrain.device_decode import DeviceDecodeViews, EncodedSamples
 from ssl_mae_plugin.pretrain.knn_monitor import KNNMonitor
 from ssl_mae_plugin.pretrain.loggers import build_loggers
 from ssl_mae_plugin.recipes import Recipe, RecipeError
@@ -83,7 +84,7 @@ def training_settings(recipe: Recipe, index: int) -> dict[str, Any]:
         "precision": recipe.trainer.precision,
         "data": {
             "dataset": data.dataset,
-            "root": str(Path(data.root).expanduser().resolve()) if data.root else None,
+            "root": resolve_root(data.root) if data.root else None,
             "train_split": data.train_split,
             "image_size": data.image_size,
             "max_train_images": data.max_train_images,
@@ -320,17 +321,17 @@ def pretrain(
             recipe.data.image_size, normalization, module.device_crop_scale
         )
     views = module.default_transform(normalization)
-    if recipe.data.decode == "reduced":
-        if module.device_crop_scale is None:
-            logger.info(
-                "%s: its views are more than a crop and a flip; decoding fully", module.name
-            )
-        else:
-            size, scale = recipe.data.image_size, module.device_crop_scale
-            dataset, views = (
-                ReducedDecodeCrops(dataset, size, scale),
-                flip_and_normalize(normalization),
-            )
+    device_decode = None
+    if recipe.data.decode != "full" and module.device_crop_scale is None:
+        logger.info("%s: its views are more than a crop and a flip; decoding fully", module.name)
+    elif recipe.data.decode == "reduced":
+        size, scale = recipe.data.image_size, module.device_crop_scale
+        dataset, views = ReducedDecodeCrops(dataset, size, scale), flip_and_normalize(normalization)
+    elif recipe.data.decode == "device":
+        samples = EncodedSamples(dataset, seed=recipe.seed)
+        device_decode = DeviceDecodeViews(
+            samples, recipe.data.image_size, normalization, module.device_crop_scale
+        )
     data = PretrainData(
         dataset,
         views,
@@ -340,6 +341,7 @@ def pretrain(
         start_epoch=start_epoch,
         skip_batches=skip_batches,
         device_transform=device_transform,
+        device_decode=device_decode,
     )
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ssl_mae_plugin.data import FOLDER_DATASETS
 from ssl_mae_plugin.evaluation.protocols import EvalData
 from ssl_mae_plugin.report.rows import PARTS, accuracy
 from ssl_mae_plugin.report.statistics import combine_seeds, paired_table
@@ -53,8 +54,8 @@ def transfer_section(
             "rows": [{k: row.get(k) for k in TRANSFER_KEYS} for row in combined],
             "paired": paired_table(seeded, labels, reference),
         }
-    root = data.key["root"]
-    main = Path(root).name if data.key["dataset"] == "imagefolder" and root else data.key["dataset"]
+    root, kind = data.key["root"], data.key["dataset"]
+    main = Path(root).name if kind in FOLDER_DATASETS and root else kind
     tables = {main: rows, **{n: d["rows"] for n, d in datasets.items()}}
     summary = []
     for position, row in enumerate(rows):

@@ -36,6 +36,15 @@ def test_impossible_crops_fall_back_to_the_central_crop():
     assert np.array_equal(boxes, [[45, 0, 55, 10], [45, 0, 55, 10]])
 
 
+def test_images_of_different_sizes_get_the_boxes_each_would_get_alone():
+    heights, widths = np.array([32, 10, 100, 375]), np.array([48, 100, 10, 500])
+    boxes, flips = crop_boxes([3, 4, 5, 6], heights, widths, scale=(0.9, 1.0))
+    for i, seed in enumerate([3, 4, 5, 6]):
+        alone, flip = crop_boxes([seed], int(heights[i]), int(widths[i]), scale=(0.9, 1.0))
+        assert np.array_equal(boxes[i], alone[0]) and flips[i] == flip[0]
+    assert np.all(boxes[:, 2] <= widths) and np.all(boxes[:, 3] <= heights)
+
+
 def test_views_are_normalised_crops_and_flips():
     gradient = torch.arange(16, dtype=torch.uint8).repeat(3, 16, 1)[None] * 10  # [1, 3, 16, 16]
     transform = DeviceCropFlip(16, UNIT, scale=(1.0, 1.0))

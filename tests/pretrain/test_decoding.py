@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from lightly.transforms import MAETransform
-from PIL import Image
 
 from ssl_mae_plugin.data import ImageFolderDataset, Normalization, limit_dataset
 from ssl_mae_plugin.pretrain.decoding import ReducedDecodeCrops, flip_and_normalize, reduction
@@ -13,23 +12,8 @@ from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.recipes import RecipeError
 from tests.conftest import final_weights, minimal_recipe, pretrain_method, tiny_recipe
 
-skimage_data = pytest.importorskip("skimage.data")
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # real photos shipped with scikit-image
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 MAE_SCALE = (0.2, 1.0)
-
-
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory):
-    """Four photos as ~1000 x 750 JPEGs (quality 90), two classes, plus one PNG."""
-    root = tmp_path_factory.mktemp("photos")
-    for number, name in enumerate(PHOTOS):
-        folder = root / "train" / f"class{number % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        photo = Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
-        photo.resize((1000, 750), Image.Resampling.BICUBIC).save(folder / f"{name}.jpg", quality=90)
-    Image.open(folder / f"{PHOTOS[-1]}.jpg").save(folder / "rocket-copy.png")
-    return root
 
 
 def views_of(dataset, transform, seeds=range(12)):
@@ -79,10 +63,11 @@ def test_a_subset_reads_the_chosen_files(photo_folder):
     assert crops[0][0].size == (32, 32) and crops[0][1] == subset.targets[0]
 
 
-def test_reduced_decoding_needs_image_files():
+def test_reduced_decoding_needs_encoded_images():
     with pytest.raises(
         RecipeError,
-        match="^data.decode 'reduced' reads image files: it needs dataset 'imagefolder'",
+        match="^data.decode 'reduced' reads encoded images: it needs dataset 'imagefolder' or "
+        "'shards'",
     ):
         recipe_from_dict(minimal_recipe(data={"dataset": "mnist5k", "decode": "reduced"}))
 

@@ -28,6 +28,7 @@ CASES = {  # every optimizer (AdamW, LARS, SGD), the EMA teachers and DINO's cen
     "byol-ema": {"name": "byol", **TINY_VIT, **HEADS["byol"]},
     "dino-sgd-centre": {"name": "dino", "backbone": "resnet18", **HEADS["dino"]},
     "mocov3-ema": {"name": "mocov3", **TINY_VIT, **HEADS["mocov3"]},
+    "mae-device-decode": {"name": "mae", **TINY_VIT, **HEADS["mae"]},
     "vicreg-lars": {"name": "vicreg", "backbone": "resnet18", **HEADS["vicreg"]},
 }
 
@@ -73,6 +74,9 @@ def test_no_host_reads_between_logging_and_check_intervals(
     )
     raw["trainer"]["log_every_n_steps"] = INTERVAL
     raw["data"]["image_size"] = 16 if entry["backbone"] == "resnet18" else 32
+    raw["data"]["max_train_images"] = 96  # 6 steps an epoch: quiet steps between intervals
+    if case.endswith("device-decode"):  # the batch decoded and cropped in the main process
+        raw["data"]["decode"] = "device"
     recipe = recipe_from_dict(raw)
     data = prepare_data(recipe)
     counter = [0]
