@@ -176,6 +176,7 @@ decode() {
 shards() {
     # ImageNet-sized JPEGs (the photos' 500 x 375 files, each linked many times) as shards
     local folder="$DATA/photos" kind=shards
+    rm -rf "$folder" "$DATA/photo-shards" "$RESULTS/shards"  # a rerun starts afresh
     for split in train test; do
         mkdir -p "$folder/$split"
         cp -r .gpudata/photos/500x375/. "$folder/$split/"
