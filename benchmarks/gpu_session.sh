@@ -101,6 +101,44 @@ THROUGHPUT=("$PY" benchmarks/throughput.py --device "$DEVICE" --arch "$ARCH" --b
     --precision bf16 --compile --no-eager --optimizer fused --repeats "$REPEATS"
     --steps "$STEPS" "${OPTS[@]}")
 
+# `ssl-mae pretrain` NAME of the MAE ($BACKBONE/$PATCH, compiled, norm-pix) on DATA (a YAML
+# flow mapping), and its median images/s after the first epoch (which compiles) against
+# the bare compiled step (timed once per session): $RESULTS/NAME_vs_bare.json.
+pretrain_vs_bare() {
+    local name=$1 data=$2
+    cat > "$RESULTS/$name.yaml" <<YAML
+name: $name
+output_dir: $RESULTS/$name
+data: $data
+methods:
+  - {name: mae, backbone: $BACKBONE, patch_size: $PATCH, compile: true, norm_pix_loss: true}
+pretrain: {epochs: $EPOCHS, batch_size: $BATCH}
+trainer: {accelerator: $TRAINER, precision: $PRECISION, progress_bar: false,
+          log_every_n_steps: 50}
+YAML
+    rm -rf "$RESULTS/$name/$name"  # a rerun trains afresh
+    "${CLI[@]}" pretrain "$RESULTS/$name.yaml" || return 1
+    cat "$RESULTS/$name/$name/mae/metrics.csv"
+    [ -f "$RESULTS/bare_step.json" ] ||
+        "${THROUGHPUT[@]}" --models ours --out "$RESULTS/bare_step.json" || return 1
+    "$PY" - "$RESULTS" "$name" "$data" <<'PY'
+import csv, json, statistics, sys
+from pathlib import Path
+
+results, name, data = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+rows = list(csv.DictReader(open(results / name / name / "mae" / "metrics.csv")))
+rates = [float(r["images_per_second"]) for r in rows[1:]]  # epoch 1 compiles
+bare = json.loads((results / "bare_step.json").read_text())
+bare_rate = next(r["images_per_second"]["median"] for r in bare["rows"] if r["status"] == "ok")
+rate = statistics.median(rates)
+summary = {"run": name, "data": data, "pretrain_images_per_second": rate,
+           "bare_step_images_per_second": bare_rate, "pretrain_over_bare": rate / bare_rate,
+           "epochs_timed": len(rates)}
+print(json.dumps(summary, indent=2))
+(results / f"{name}_vs_bare.json").write_text(json.dumps(summary, indent=2) + "\n")
+PY
+}
+
 peers() {
     "${THROUGHPUT[@]}" --models ours,lightly,hf --profile "$STEPS" \
         --out "$RESULTS/peers_vitb16_bf16_b512_fused.json"
@@ -125,35 +163,8 @@ for split, n in (("train", count), ("test", 16)):
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
 PY
-    cat > "$RESULTS/product.yaml" <<YAML
-name: product
-output_dir: $RESULTS/product
-data: {dataset: imagefolder, root: $DATA/synthetic, val_split: test, image_size: $SIZE,
-       in_memory: true, num_workers: $WORKERS}
-methods:
-  - {name: mae, backbone: $BACKBONE, patch_size: $PATCH, compile: true, norm_pix_loss: true}
-pretrain: {epochs: $EPOCHS, batch_size: $BATCH}
-trainer: {accelerator: $TRAINER, precision: $PRECISION, progress_bar: false,
-          log_every_n_steps: 50}
-YAML
-    "${CLI[@]}" pretrain "$RESULTS/product.yaml" || return 1
-    cat "$RESULTS/product/product/mae/metrics.csv"
-    "${THROUGHPUT[@]}" --models ours --out "$RESULTS/product_bare_step.json" || return 1
-    "$PY" - "$RESULTS" <<'PY'
-import csv, json, statistics, sys
-from pathlib import Path
-
-results = Path(sys.argv[1])
-rows = list(csv.DictReader(open(results / "product/product/mae/metrics.csv")))
-rates = [float(r["images_per_second"]) for r in rows[1:]]  # epoch 1 compiles
-bare = json.loads((results / "product_bare_step.json").read_text())
-bare_rate = next(r["images_per_second"]["median"] for r in bare["rows"] if r["status"] == "ok")
-product = statistics.median(rates)
-summary = {"product_images_per_second": product, "bare_step_images_per_second": bare_rate,
-           "product_over_bare": product / bare_rate, "epochs_timed": len(rates)}
-print(json.dumps(summary, indent=2))
-(results / "product_vs_bare.json").write_text(json.dumps(summary, indent=2) + "\n")
-PY
+    pretrain_vs_bare product "{dataset: imagefolder, root: $DATA/synthetic, val_split: test,
+        image_size: $SIZE, in_memory: true, num_workers: $WORKERS}"
 }
 
 lever() {
@@ -197,36 +208,8 @@ PY
     else
         kind=imagefolder && echo "litdata missing: reading the image folder instead"
     fi
-    cat > "$RESULTS/shards.yaml" <<YAML
-name: shards
-output_dir: $RESULTS/shards
-data: {dataset: $kind, root: $folder, val_split: test, image_size: $SIZE, decode: device,
-       num_workers: $WORKERS}
-methods:
-  - {name: mae, backbone: $BACKBONE, patch_size: $PATCH, compile: true, norm_pix_loss: true}
-pretrain: {epochs: $EPOCHS, batch_size: $BATCH}
-trainer: {accelerator: $TRAINER, precision: $PRECISION, progress_bar: false,
-          log_every_n_steps: 50}
-YAML
-    "${CLI[@]}" pretrain "$RESULTS/shards.yaml" || return 1
-    [ -f "$RESULTS/product_bare_step.json" ] ||
-        "${THROUGHPUT[@]}" --models ours --out "$RESULTS/product_bare_step.json" || return 1
-    "$PY" - "$RESULTS" "$kind" <<'PY'
-import csv, json, statistics, sys
-from pathlib import Path
-
-results, kind = Path(sys.argv[1]), sys.argv[2]
-rows = list(csv.DictReader(open(results / "shards/shards/mae/metrics.csv")))
-rates = [float(r["images_per_second"]) for r in rows[1:]]  # epoch 1 compiles
-bare = json.loads((results / "product_bare_step.json").read_text())
-bare_rate = next(r["images_per_second"]["median"] for r in bare["rows"] if r["status"] == "ok")
-rate = statistics.median(rates)
-summary = {"dataset": kind, "decode": "device", "pretrain_images_per_second": rate,
-           "bare_step_images_per_second": bare_rate, "pretrain_over_bare": rate / bare_rate,
-           "epochs_timed": len(rates)}
-print(json.dumps(summary, indent=2))
-(results / "shards_vs_bare.json").write_text(json.dumps(summary, indent=2) + "\n")
-PY
+    pretrain_vs_bare shards "{dataset: $kind, root: $folder, val_split: test,
+        image_size: $SIZE, decode: device, num_workers: $WORKERS}"
 }
 
 STAGES=(setup smoke throughput mfu e2e recipe peers product lever decode shards)

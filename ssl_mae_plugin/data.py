@@ -365,6 +365,24 @@ class LabelledSubset(Subset):
         self.targets = [dataset.targets[i] for i in indices]
 
 
+def encoded_source(
+    images: EncodedImages | LabelledSubset, reader: str
+) -> tuple[EncodedImages, list[int]]:
+    """The encoded images behind ``images`` (itself, or a subset's dataset) and the indices read.
+
+    Raises:
+        TypeError: If they are not encoded images (e.g. torchvision's CIFAR arrays), naming
+            ``reader``, the reader that needs them.
+    """
+    if isinstance(images, LabelledSubset):
+        source, indices = images.dataset, list(images.indices)
+    else:
+        source, indices = images, list(range(len(images)))
+    if not isinstance(source, EncodedImages):
+        raise TypeError(f"{reader} reads encoded images, not {type(source).__name__}")
+    return source, indices
+
+
 def limit_dataset(dataset: Dataset, max_images: int | None, seed: int = 0) -> Dataset:
     """At most ``max_images`` samples, class-balanced (see :func:`balanced_subset`)."""
     if max_images is None or max_images >= len(dataset):

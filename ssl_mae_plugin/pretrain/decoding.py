@@ -22,7 +22,13 @@ from lightly.transforms.torchvision_v2_compatibility import torchvision_transfor
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_mae_plugin.data import EncodedImages, LabelledSubset, Normalization, to_rgb
+from ssl_mae_plugin.data import (
+    EncodedImages,
+    LabelledSubset,
+    Normalization,
+    encoded_source,
+    to_rgb,
+)
 
 REDUCTIONS = (8, 4, 2)  # the scales a JPEG decoder offers, largest first
 
@@ -49,13 +55,7 @@ class ReducedDecodeCrops(Dataset):
         scale: tuple[float, float],
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ) -> None:
-        if isinstance(images, LabelledSubset):
-            self.files, self.indices = images.dataset, list(images.indices)
-        else:
-            self.files, self.indices = images, list(range(len(images)))
-        if not isinstance(self.files, EncodedImages):
-            kind = type(self.files).__name__
-            raise TypeError(f"reduced decoding reads encoded images, not {kind}")
+        self.files, self.indices = encoded_source(images, "reduced decoding")
         self.classes, self.targets = list(images.classes), list(images.targets)
         self.output_size, self.scale, self.ratio = output_size, scale, ratio
 

@@ -41,7 +41,13 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
-from ssl_mae_plugin.data import EncodedImages, LabelledSubset, Normalization, to_rgb
+from ssl_mae_plugin.data import (
+    EncodedImages,
+    LabelledSubset,
+    Normalization,
+    encoded_source,
+    to_rgb,
+)
 from ssl_mae_plugin.pretrain.augment import crop_boxes
 from ssl_mae_plugin.pretrain.sampling import sample_seed
 
@@ -78,13 +84,7 @@ class EncodedSamples(Dataset):
     """
 
     def __init__(self, images: EncodedImages | LabelledSubset, seed: int = 0) -> None:
-        if isinstance(images, LabelledSubset):
-            self.source, self.indices = images.dataset, list(images.indices)
-        else:
-            self.source, self.indices = images, list(range(len(images)))
-        if not isinstance(self.source, EncodedImages):
-            kind = type(self.source).__name__
-            raise TypeError(f"device decoding reads encoded images, not {kind}")
+        self.source, self.indices = encoded_source(images, "device decoding")
         self.classes, self.targets = list(images.classes), list(images.targets)
         self.seed = seed
 

@@ -6,7 +6,7 @@ import torch
 import torchvision.transforms.functional as F
 from PIL import Image, ImageFile
 
-from ssl_mae_plugin.data import ImageFolderDataset, limit_dataset
+from ssl_mae_plugin.data import ImageFolderDataset, build_dataset, limit_dataset
 from ssl_mae_plugin.pretrain.augment import crop_boxes
 from ssl_mae_plugin.pretrain.device_decode import DeviceDecodeViews, EncodedSamples
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
@@ -135,3 +135,8 @@ def test_mae_pretrains_decoding_on_the_device(photo_folder, tmp_path):
 def test_device_decoding_needs_encoded_images():
     with pytest.raises(RecipeError, match="^data.decode 'device' reads encoded images"):
         recipe_from_dict(minimal_recipe(data={"dataset": "mnist5k", "decode": "device"}))
+
+
+def test_arrays_are_refused_naming_the_reader():
+    with pytest.raises(TypeError, match="^device decoding reads encoded images, not MNIST5k$"):
+        EncodedSamples(build_dataset("mnist5k", "test"))
