@@ -18,8 +18,9 @@ What the device decoder does not take is decoded on the CPU, so no image is lost
   naming it; ``skip`` records it as the loaders do and puts another view of the batch in
   its place (the batch keeps its size).
 
-On a CPU run the same path decodes with libjpeg-turbo in the main process (no loader
-processes help): useful for tests, slower than ``data.decode: full``.
+On a CPU run the same path decodes with libjpeg-turbo in the main process, between
+training steps, where ``data.decode: full`` decodes in parallel loader processes: it is
+meant for GPUs (and tests the same code on the CPU).
 
 torchvision 0.29 deprecates its image decoders in favour of TorchCodec; this is the one
 place that calls them.
