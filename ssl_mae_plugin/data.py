@@ -13,6 +13,7 @@ Every dataset here yields ``(PIL RGB image, label)`` and has ``classes``. Kinds:
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def _decode_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
-class EncodedImages(Dataset):
+class EncodedImages(Dataset, ABC):
     """Images kept encoded (files, or bytes in shards) and decoded when read, as RGB.
 
     The policy for unreadable images lives here, so every such dataset treats them alike:
@@ -115,13 +116,13 @@ class EncodedImages(Dataset):
         self.on_bad_image = on_bad_image
         self.bad_image_log = Path(bad_image_log) if bad_image_log else None
 
+    @abstractmethod
     def encoded(self, index: int) -> tuple[str | BinaryIO, int, str]:
         """``(file path or open binary stream, label, name)`` of sample ``index``.
 
         The first item is what :func:`PIL.Image.open` takes; the name identifies the
         sample in messages and in ``bad_image_log`` (no spaces).
         """
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.targets)
