@@ -300,7 +300,7 @@ def build_dataset(
     if dataset == "imagefolder":
         folder = root / split
         if root.is_dir() and not folder.is_dir():
-            found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
+            found = ", ".join(split_folders(root)) or "none"
             raise DatasetUnavailableError(
                 f"data folder not found: {folder} (sub-folders of {root}: {found}; "
                 "choose them with data.train_split / data.val_split)"
@@ -327,6 +327,14 @@ def build_dataset(
             f"{dataset} not found in {root}: {hint} {root} "
             f"(or use dataset: imagefolder with <root>/<split>/<class>/*.jpg)"
         ) from error
+
+
+def split_folders(root: Path) -> list[str]:
+    """The sub-folders of ``root`` that may be splits, sorted; hidden ones are left out.
+
+    A hidden folder is no split: e.g. ``.<split>.partial`` while ``ssl-mae shards`` writes.
+    """
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def resolve_root(root: str) -> str:

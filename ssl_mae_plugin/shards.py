@@ -64,6 +64,7 @@ from ssl_mae_plugin.data import (
     EncodedImages,
     ImageFolderDataset,
     resolve_root,
+    split_folders,
 )
 from ssl_mae_plugin.extras import require
 
@@ -123,7 +124,7 @@ def plan_shards(
     if not source_root.is_dir():
         raise DatasetUnavailableError(f"source folder not found: {source_root}")
     if splits is None:
-        splits = _split_names(source_root)
+        splits = split_folders(source_root)
         if not splits:
             raise DatasetUnavailableError(f"no split folders in {source_root}")
     plans = []
@@ -132,7 +133,7 @@ def plan_shards(
         if not folder.is_dir():
             raise DatasetUnavailableError(
                 f"split folder not found: {folder} (splits in {source_root}: "
-                f"{', '.join(_split_names(source_root)) or 'none'}; choose them with --splits)"
+                f"{', '.join(split_folders(source_root)) or 'none'}; choose them with --splits)"
             )
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ValueError(f"output split exists and is not empty: {out}")
@@ -284,14 +285,9 @@ def _read_split_info(folder: str) -> dict[str, Any]:
     if not split.is_dir():
         raise DatasetUnavailableError(
             f"shard folder not found: {split} (splits in {root}: "
-            f"{', '.join(_split_names(root)) or 'none'}; write them with `ssl-mae shards`, "
+            f"{', '.join(split_folders(root)) or 'none'}; write them with `ssl-mae shards`, "
             "choose them with data.train_split / data.val_split)"
         )
     raise DatasetUnavailableError(
         f"not a finished shard folder (no {SPLIT_INFO}): {split}; write it with `ssl-mae shards`"
     )
-
-
-def _split_names(root: Path) -> list[str]:
-    """The sub-folders of ``root`` but hidden ones (a partial split is ``.<split>.partial``)."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -81,6 +81,29 @@ def crop_boxes(
     return boxes, u[:, -1] < 0.5
 
 
+class FlipNormalize:
+    """The rest of MAE's view after the crop, on the crops' device: flip the chosen ones, normalise.
+
+    Args:
+        normalization: Input normalisation.
+    """
+
+    def __init__(self, normalization: Normalization) -> None:
+        self.mean = torch.tensor(normalization.mean).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(normalization.std).view(1, -1, 1, 1) * 255
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, crops: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
+        """``crops`` ([N, C, H, W] float, 0..255) flipped where ``flips``, normalised in place."""
+        device = crops.device
+        if device not in self._on_device:  # copied to the device once, not every batch
+            self._on_device[device] = (self.mean.to(device), self.std.to(device))
+        mean, std = self._on_device[device]
+        flipped = torch.from_numpy(np.flatnonzero(flips)).to(device)
+        crops[flipped] = crops[flipped].flip(-1)
+        return crops.sub_(mean).div_(std)
+
+
 class DeviceCropFlip:
     """Batched ``RandomResizedCrop`` + flip + normalise of uint8 images on their device.
 
@@ -95,25 +118,20 @@ class DeviceCropFlip:
     ) -> None:
         self.size = size
         self.scale = scale
-        self.mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+        self.flip_normalize = FlipNormalize(normalization)
 
     def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """``[N, C, size, size]`` normalised views of ``[N, C, H, W]`` uint8 images."""
         n, _, height, width = images.shape
         boxes, flips = crop_boxes(seeds, height, width, self.scale)
-        device = images.device
         rois = torch.cat(
             [torch.arange(n, dtype=torch.float32)[:, None], torch.from_numpy(boxes).float()],
             dim=1,
-        ).to(device)
+        ).to(images.device)
         crops = roi_align(
             images.float(), rois, output_size=self.size, sampling_ratio=2, aligned=True
         )  # [N, C, size, size], 0..255
-        flip = torch.from_numpy(flips).to(device).view(-1, 1, 1, 1)
-        crops = torch.where(flip, crops.flip(-1), crops)
-        mean, std = self.mean.to(device), self.std.to(device)
-        return (crops / 255.0 - mean) / std
+        return self.flip_normalize(crops, flips)
 
 
 def _stack_uint8(batch: list[tuple[object, int]]) -> tuple[torch.Tensor, torch.Tensor]:

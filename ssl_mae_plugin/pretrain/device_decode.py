@@ -49,7 +49,7 @@ from ssl_mae_plugin.data import (
     encoded_source,
     to_rgb,
 )
-from ssl_mae_plugin.pretrain.augment import crop_boxes
+from ssl_mae_plugin.pretrain.augment import FlipNormalize, crop_boxes
 from ssl_mae_plugin.pretrain.sampling import sample_seed
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,6 @@ class EncodedSamples(Dataset):
 
     def __init__(self, images: EncodedImages | LabelledSubset, seed: int = 0) -> None:
         self.source, self.indices = encoded_source(images, "device decoding")
-        self.classes, self.targets = list(images.classes), list(images.targets)
         self.seed = seed
 
     def __len__(self) -> int:
@@ -123,22 +122,18 @@ class DeviceDecodeViews:
         normalization: Normalization,
         scale: tuple[float, float],
     ) -> None:
-        self.samples, self.source = samples, samples.source
-        self.size, self.scale = size, scale
-        self.mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+        self.samples, self.size, self.scale = samples, size, scale
+        self.flip_normalize = FlipNormalize(normalization)
 
     def __call__(
         self, batch: list[Payload], device: torch.device
     ) -> tuple[list[torch.Tensor], torch.Tensor, list[int]]:
         """``([views [N, 3, size, size]], labels [N], seeds)`` on ``device``."""
         pixels = self.decode(batch, device)
-        readable = [i for i, image in enumerate(pixels) if image is not None]
-        if not readable:
-            raise RuntimeError(f"no readable image in a batch of {self.source.root}")
-        # a skipped image's place goes to the next readable one of the batch
-        order = [next((j for j in readable if j >= i), readable[0]) for i in range(len(batch))]
-        seeds = [batch[i][3] for i in range(len(batch))]
+        order = _fill_skipped([image is not None for image in pixels])
+        if order is None:
+            raise RuntimeError(f"no readable image in a batch of {self.samples.source.root}")
+        seeds = [seed for _, _, _, seed, _ in batch]
         images = [pixels[j] for j in order]
         heights = np.array([image.shape[1] for image in images])
         widths = np.array([image.shape[2] for image in images])
@@ -155,9 +150,7 @@ class DeviceDecodeViews:
                 for image, (x1, y1, x2, y2) in zip(images, boxes, strict=True)
             ]
         ).clamp_(0, 255)
-        flipped = torch.from_numpy(np.flatnonzero(flips)).to(device)
-        crops[flipped] = crops[flipped].flip(-1)
-        views = crops.sub_(self.mean.to(device) * 255).div_(self.std.to(device) * 255)
+        views = self.flip_normalize(crops, flips)
         labels = torch.tensor([batch[j][2] for j in order], device=device)
         return [views], labels, seeds
 
@@ -188,8 +181,25 @@ class DeviceDecodeViews:
                 image.load()
                 return pil_to_tensor(to_rgb(image)).to(device)
         except (OSError, SyntaxError, ValueError) as error:
-            self.source.reject(name, error)
+            self.samples.source.reject(name, error)
             return None
+
+
+def _fill_skipped(readable: list[bool]) -> list[int] | None:
+    """Which sample fills each place of a batch; ``None`` if none is readable.
+
+    A readable sample fills its own place, a skipped one's goes to the next readable one
+    (wrapping around).
+    """
+    if all(readable):
+        return list(range(len(readable)))
+    if not any(readable):
+        return None
+    order, following = [0] * len(readable), readable.index(True)  # the first, for the end
+    for i in reversed(range(len(readable))):
+        following = i if readable[i] else following
+        order[i] = following
+    return order
 
 
 def _decode_on(device: torch.device, data: Sequence[torch.Tensor]) -> list[torch.Tensor]:

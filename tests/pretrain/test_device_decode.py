@@ -8,7 +8,11 @@ from PIL import Image, ImageFile
 
 from ssl_mae_plugin.data import ImageFolderDataset, build_dataset, limit_dataset
 from ssl_mae_plugin.pretrain.augment import crop_boxes
-from ssl_mae_plugin.pretrain.device_decode import DeviceDecodeViews, EncodedSamples
+from ssl_mae_plugin.pretrain.device_decode import (
+    DeviceDecodeViews,
+    EncodedSamples,
+    _fill_skipped,
+)
 from ssl_mae_plugin.recipe_loading import recipe_from_dict
 from ssl_mae_plugin.recipes import RecipeError
 from tests.conftest import PHOTOS, final_weights, minimal_recipe, pretrain_method, tiny_recipe
@@ -116,8 +120,14 @@ def test_a_subset_reads_its_own_images(photo_folder):
     images = ImageFolderDataset(photo_folder / "train")
     subset = limit_dataset(images, 2)
     samples = EncodedSamples(subset)
-    assert len(samples) == 2 and samples.targets == subset.targets
+    assert len(samples) == 2
+    assert [samples[(i, 0)][2] for i in range(2)] == subset.targets  # the labels read
     assert samples[(1, 0)][4] == images.samples[subset.indices[1]][0]
+
+
+def test_a_skipped_place_goes_to_the_next_readable_sample_wrapping_around():
+    assert _fill_skipped([True, False, True, False]) == [0, 2, 2, 0]
+    assert _fill_skipped([True, True]) == [0, 1] and _fill_skipped([False, False]) is None
 
 
 def test_mae_pretrains_decoding_on_the_device(photo_folder, tmp_path):
